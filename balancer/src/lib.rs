@@ -1,0 +1,2 @@
+//! Placement: which worker runs which job, from live node utilization.
+#![forbid(unsafe_code)]

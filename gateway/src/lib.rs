@@ -1,0 +1,3 @@
+//! The public HTTP API: authentication, quotas, validation, persistence, streaming, webhooks.
+//! Never touches the sandbox directly.
+#![forbid(unsafe_code)]

@@ -1,0 +1,2 @@
+//! Language definitions, image recipes and the content-addressed image store.
+#![forbid(unsafe_code)]
