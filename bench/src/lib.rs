@@ -1,2 +1,131 @@
-//! Benchmark harness helpers: interleaved runs, min/median/p99 and ratios against a baseline.
+//! Benchmark harness: run variants interleaved (A B A B ...), then report min, median and p99 of
+//! each beside the baseline and the ratio of medians. Benchmarks are never timed tests: nothing here
+//! passes or fails on a time.
+//!
+//! # Layout
+//!
+//! - this file: [`Samples`], [`interleave`] and the report table.
+//! - `src/bin/sandbox_latency.rs`: the sandbox start-to-exit benchmark (issue 2).
 #![forbid(unsafe_code)]
+
+use std::time::{Duration, Instant};
+
+/// Durations measured for one variant.
+#[derive(Debug, Clone, Default)]
+pub struct Samples {
+    /// Variant name.
+    pub name: String,
+    /// One entry per run.
+    pub runs: Vec<Duration>,
+}
+
+impl Samples {
+    /// The q-quantile (0.0..=1.0) by nearest rank.
+    pub fn quantile(&self, q: f64) -> Duration {
+        let mut sorted = self.runs.clone();
+        sorted.sort_unstable();
+        if sorted.is_empty() {
+            return Duration::ZERO;
+        }
+        let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+        sorted[rank - 1]
+    }
+
+    /// Smallest run.
+    pub fn min(&self) -> Duration {
+        self.runs.iter().copied().min().unwrap_or_default()
+    }
+
+    /// Median run.
+    pub fn median(&self) -> Duration {
+        self.quantile(0.5)
+    }
+
+    /// 99th percentile.
+    pub fn p99(&self) -> Duration {
+        self.quantile(0.99)
+    }
+}
+
+/// Run every variant `rounds` times, interleaved, after `warmup` unmeasured rounds.
+pub fn interleave(
+    variants: &mut [(&str, &mut dyn FnMut() -> anyhow::Result<()>)],
+    warmup: usize,
+    rounds: usize,
+) -> anyhow::Result<Vec<Samples>> {
+    let mut samples: Vec<Samples> = variants
+        .iter()
+        .map(|(name, _)| Samples {
+            name: (*name).to_string(),
+            runs: Vec::with_capacity(rounds),
+        })
+        .collect();
+    for round in 0..warmup + rounds {
+        for (i, (_, run)) in variants.iter_mut().enumerate() {
+            let start = Instant::now();
+            run()?;
+            let took = start.elapsed();
+            if round >= warmup {
+                samples[i].runs.push(took);
+            }
+        }
+    }
+    Ok(samples)
+}
+
+fn micros(d: Duration) -> String {
+    format!("{:.0}", d.as_secs_f64() * 1e6)
+}
+
+/// A Markdown table: one row per variant, ratio of medians against the first (the baseline).
+pub fn table(title: &str, samples: &[Samples]) -> String {
+    let mut out = format!("### {title}\n\n| variant | runs | min µs | median µs | p99 µs | median / baseline |\n|---|---|---|---|---|---|\n");
+    let base = samples.first().map(Samples::median).unwrap_or_default();
+    for s in samples {
+        let ratio = s.median().as_secs_f64() / base.as_secs_f64().max(1e-9);
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {:.2}× |\n",
+            s.name,
+            s.runs.len(),
+            micros(s.min()),
+            micros(s.median()),
+            micros(s.p99()),
+            ratio
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_by_nearest_rank() {
+        let s = Samples {
+            name: "x".into(),
+            runs: (1..=100).map(Duration::from_millis).collect(),
+        };
+        assert_eq!(s.min(), Duration::from_millis(1));
+        assert_eq!(s.median(), Duration::from_millis(50));
+        assert_eq!(s.p99(), Duration::from_millis(99));
+        assert_eq!(Samples::default().median(), Duration::ZERO);
+    }
+
+    #[test]
+    fn interleave_runs_in_alternation_and_skips_warmup() {
+        let order = std::cell::RefCell::new(Vec::new());
+        let mut a = || -> anyhow::Result<()> {
+            order.borrow_mut().push('a');
+            Ok(())
+        };
+        let mut b = || -> anyhow::Result<()> {
+            order.borrow_mut().push('b');
+            Ok(())
+        };
+        let samples = interleave(&mut [("a", &mut a), ("b", &mut b)], 1, 3).unwrap();
+        assert_eq!(order.borrow().iter().collect::<String>(), "abababab");
+        assert_eq!(samples[0].runs.len(), 3);
+        assert!(table("t", &samples).contains("| a | 3 |"));
+    }
+}

@@ -2,13 +2,345 @@
 //! and reports what happened.
 //!
 //! Synchronous and Linux-only; no async runtime. This is the only crate of the workspace allowed
-//! `unsafe`, and inside it only the `sys` module holds unsafe blocks. It depends on no other workspace
-//! crate: the worker maps wire types onto [`Spec`].
+//! `unsafe`, and inside it nearly all of it is in [`sys`]. It depends on no other workspace crate: the
+//! worker maps wire types onto [`Spec`].
+//!
+//! # How a job runs
+//!
+//! A [`Sandbox`] owns a pool of slots. Each slot has its own unprivileged uid, cgroups created once
+//! and reused (counters read as deltas), and a long-lived single-threaded *spawner* process that lives
+//! inside those cgroups and in an empty network namespace of its own. For each job the caller's thread
+//! (the supervisor) sets the limits and sends the request; the spawner clones PID 1 of the job into
+//! new mount, pid, ipc, uts and cgroup namespaces; PID 1 builds the root (overlay over a per-job
+//! tmpfs, `pivot_root`, fresh /proc, minimal /dev) and forks the job, which drops every privilege,
+//! restricts itself with Landlock and seccomp, and execs. When the job exits, PID 1 kills whatever is
+//! left of the namespace, reads back files as the unprivileged uid, reports, and exits; the kernel
+//! then tears down every mount with the namespace: nothing is left on the host.
 //!
 //! # Layout
 //!
 //! - [`spec`]: the request ([`Spec`], [`Limits`], [`Image`]) and the result ([`Outcome`]).
+//! - `supervisor`: the caller's side of one job: limits, pumping, verdict.
+//! - `slot`: a slot's uid, cgroup and spawner process. `lease`: exclusive slot indexes across
+//!   processes sharing a state directory.
+//! - [`spawner`]: the per-slot process that clones each job's PID 1.
+//! - `init`: PID 1 of the container. `job`: PID 2 from fork to exec.
+//! - [`rootfs`]: the root filesystem as a plan of steps applied through a syscall seam.
+//! - [`cgroup`]: cgroup v1 and v2 slot cgroups. [`seccomp`], [`landlock`]: the job's filters.
+//! - [`files`]: file-name checks and safe read-back. [`host`]: the built-in `host` image.
+//! - `wire`: frames between supervisor, spawner and PID 1. `sys`: the unsafe system call wrappers.
+//! - `userns`: the optional user namespace of PID 1 (maps written by the parent).
+#![deny(unsafe_code)]
 
+pub mod cgroup;
+mod error;
+pub mod files;
+pub mod host;
+mod init;
+mod job;
+pub mod landlock;
+mod lease;
+pub mod rootfs;
+pub mod seccomp;
+mod slot;
+pub mod spawner;
 pub mod spec;
+mod supervisor;
+mod sys;
+mod userns;
+mod wire;
 
+use std::path::PathBuf;
+use std::sync::{Condvar, Mutex};
+
+pub use error::Error;
 pub use spec::{FileIn, FileOut, Image, Limits, Outcome, Spec, Status, Stdin, TimeLimitKind};
+
+use lease::MAX_SLOTS;
+use slot::Slot;
+
+/// Which output stream a chunk came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamKind {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// How the sandbox is set up on this host.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// Concurrent slots.
+    pub slots: usize,
+    /// Directory for the sandbox's own state (slot mount points, the host image skeleton).
+    pub state_dir: PathBuf,
+    /// Name of the cgroup (under each hierarchy's root) holding the slot cgroups. Swept at start-up.
+    pub cgroup_parent: String,
+    /// The slot leased as index `i` runs as uid and gid `uid_base + i` (and, with
+    /// `user_namespace`, its container root as `uid_base + 4096 + i`); the range
+    /// `uid_base..uid_base + 8192` must belong to nobody else.
+    pub uid_base: u32,
+    /// How each slot's spawner process is started.
+    pub helper: Helper,
+    /// Refuse to run jobs unless Landlock is fully enforced (operators may opt out on old kernels).
+    pub require_landlock: bool,
+    /// Keep the (empty) slot cgroups when the sandbox is dropped, for the next process to reuse: a
+    /// one-shot command then skips creating and removing them. Off: they are removed.
+    pub keep_cgroups: bool,
+    /// Give each slot a persistent empty network namespace (pinned at `<state>/slots/<i>.netns`),
+    /// reused by whichever process leases the slot next, instead of creating one per spawner. It
+    /// saves a one-shot command ~0.5 ms; the namespace holds no state between jobs (no interface is
+    /// up and jobs cannot configure it), exactly like the spawner's own namespace across its jobs.
+    pub keep_netns: bool,
+    /// Put each job's PID 1 in a new user namespace whose root is an unprivileged host uid
+    /// (`uid_base + 4096 + slot`): the code that builds the container then holds no privilege on
+    /// the host either. The job's own uid is the same either way.
+    pub user_namespace: bool,
+}
+
+impl SandboxConfig {
+    /// Defaults for this host: one slot per CPU, state in /run/corral, cgroup `corral`, uids from
+    /// 1,000,000, Landlock required, and the current executable as the spawner helper.
+    pub fn host_defaults() -> Result<SandboxConfig, Error> {
+        let exe = std::env::current_exe().map_err(|source| Error::StateDir {
+            path: "/proc/self/exe".into(),
+            source,
+        })?;
+        let helper = Helper::Exec(exe);
+        Ok(SandboxConfig {
+            slots: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            state_dir: "/run/corral".into(),
+            cgroup_parent: "corral".into(),
+            uid_base: 1_000_000,
+            helper,
+            require_landlock: true,
+            keep_cgroups: false,
+            keep_netns: false,
+            user_namespace: false,
+        })
+    }
+}
+
+/// How a slot's spawner process is started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Helper {
+    /// Execute this binary with [`spawner::SPAWNER_ARG`]: one that calls [`run_helper_if_requested`]
+    /// first thing in `main`. Works from any process, multi-threaded ones included.
+    Exec(PathBuf),
+    /// Fork the calling process without exec (about a millisecond faster per spawner). Only for a
+    /// single-threaded caller: refused when the process has other threads.
+    Fork,
+    /// No spawner: the calling process joins the slot's cgroups, clones each job's PID 1 itself and
+    /// leaves them again. For a single-threaded one-shot command with one slot (it enters the slot's
+    /// network namespace itself).
+    InProcess,
+}
+
+/// If this process was started as a spawner, run it and never return. Call it first in `main` of any
+/// binary named as [`SandboxConfig::helper`].
+pub fn run_helper_if_requested() {
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == spawner::SPAWNER_ARG)
+    {
+        spawner::spawner_main();
+    }
+}
+
+/// A pool of sandbox slots. `run` blocks the calling thread for the job's duration.
+pub struct Sandbox {
+    config: SandboxConfig,
+    free: Mutex<Vec<Slot>>,
+    available: Condvar,
+    host: Image,
+}
+
+impl Sandbox {
+    /// Lease slots (other processes sharing the state directory keep theirs), clean what a crashed
+    /// predecessor left in them, prepare the `host` image and start each slot's spawner.
+    pub fn new(config: SandboxConfig) -> Result<Sandbox, Error> {
+        if !nix::unistd::Uid::effective().is_root() {
+            return Err(Error::NotRoot);
+        }
+        if config.helper == Helper::InProcess && config.slots != 1 {
+            return Err(Error::InvalidSpec(
+                "an in-process sandbox has exactly one slot".into(),
+            ));
+        }
+        let version = cgroup::detect()?;
+        let leases = lease::lease_slots(&config.state_dir.join("slots"), config.slots)?;
+        let uids = config.uid_base..config.uid_base + MAX_SLOTS as u32;
+        let host = host::prepare(&config.state_dir.join("images/host"), uids)?;
+        let mut slots = Vec::with_capacity(config.slots);
+        for lease in leases {
+            let name = format!("slot-{}", lease.index);
+            let cg = cgroup::open_slot(version, &config.cgroup_parent, &name)?;
+            if !cg.pids()?.is_empty() {
+                // Only a crashed holder of this lease can have left them: kill them.
+                tracing::warn!(
+                    slot = lease.index,
+                    "killing processes a previous run left in a slot"
+                );
+                cg.kill_all()?;
+            }
+            let netns = config.keep_netns.then(|| lease.dir.with_extension("netns"));
+            let mut slot = Slot::new(lease, config.uid_base, cg, netns)?;
+            if config.helper == Helper::InProcess {
+                slot::single_threaded()?;
+                spawner::enter_netns(slot.netns.as_deref()).map_err(|message| Error::Spawner {
+                    slot: slot.index,
+                    message,
+                })?;
+            } else {
+                slot.spawner(&config.helper)?;
+            }
+            slots.push(slot);
+        }
+        Ok(Sandbox {
+            config,
+            free: Mutex::new(slots),
+            available: Condvar::new(),
+            host,
+        })
+    }
+
+    /// Number of slots (jobs that can run at once).
+    pub fn slots(&self) -> usize {
+        self.config.slots
+    }
+
+    /// The built-in `host` image.
+    pub fn host_image(&self) -> Image {
+        self.host.clone()
+    }
+
+    /// Run one job on the next free slot, waiting for one if all are busy. Output chunks are passed
+    /// to `on_output` as they arrive (within the caps) and also kept in the outcome.
+    pub fn run(
+        &self,
+        spec: Spec,
+        on_output: &mut dyn FnMut(StreamKind, &[u8]),
+    ) -> Result<Outcome, Error> {
+        validate(&spec)?;
+        let mut slot = self.take_slot();
+        let mut req = request(&spec, &slot, self.config.require_landlock);
+        if self.config.user_namespace {
+            req.userns_root = Some(self.config.uid_base + (MAX_SLOTS + slot.index) as u32);
+        }
+        let result = supervisor::run(&mut slot, &self.config.helper, req, spec, on_output);
+        self.free
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(slot);
+        self.available.notify_one();
+        result
+    }
+
+    fn take_slot(&self) -> Slot {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(slot) = free.pop() {
+                return slot;
+            }
+            free = self.available.wait(free).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let slots = std::mem::take(&mut *self.free.lock().unwrap_or_else(|p| p.into_inner()));
+        for mut slot in slots {
+            slot.discard_spawner();
+            if self.config.keep_cgroups {
+                continue;
+            }
+            if let Err(e) = slot.cgroup.remove() {
+                tracing::warn!(slot = slot.index, error = %e, "removing slot cgroup");
+            }
+        }
+    }
+}
+
+/// A pipe whose read end is a job's stdin ([`Stdin::Pipe`]) and whose write end the caller feeds.
+pub fn stdin_pipe() -> Result<(std::fs::File, Stdin), Error> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(Error::nix("pipe"))?;
+    Ok((std::fs::File::from(w), Stdin::Pipe(r)))
+}
+
+fn validate(spec: &Spec) -> Result<(), Error> {
+    let invalid = |m: String| Err(Error::InvalidSpec(m));
+    if spec.argv.is_empty() || spec.argv[0].is_empty() {
+        return invalid("the command is empty".into());
+    }
+    if spec.image.layers.is_empty() {
+        return invalid(format!("image {:?} has no layers", spec.image.name));
+    }
+    for layer in &spec.image.layers {
+        let text = layer.to_string_lossy();
+        if !layer.is_absolute() || text.contains([',', ':', '\n']) || !layer.is_dir() {
+            return invalid(format!(
+                "image layer {text:?} is not an absolute directory usable by overlayfs"
+            ));
+        }
+    }
+    for file in &spec.files {
+        files::check_name(&file.name).map_err(|e| Error::InvalidSpec(e.to_string()))?;
+    }
+    let mut names: Vec<&str> = spec.files.iter().map(|f| f.name.as_str()).collect();
+    names.sort_unstable();
+    if names.windows(2).any(|w| w[0] == w[1]) {
+        return invalid("two input files have the same name".into());
+    }
+    for name in &spec.collect {
+        files::check_name(name).map_err(|e| Error::InvalidSpec(e.to_string()))?;
+    }
+    for (key, _) in &spec.env {
+        if key.is_empty() || key.contains('=') || key.contains('\0') {
+            return invalid(format!("environment variable name {key:?} is invalid"));
+        }
+    }
+    Ok(())
+}
+
+fn request(spec: &Spec, slot: &Slot, require_landlock: bool) -> wire::JobRequest {
+    let l = &spec.limits;
+    let mut env = spec.image.env.clone();
+    env.extend(spec.env.iter().cloned());
+    wire::JobRequest {
+        argv: spec.argv.clone(),
+        env,
+        files: spec
+            .files
+            .iter()
+            .map(|f| wire::FileMeta {
+                name: f.name.clone(),
+                mode: f.mode,
+                len: f.contents.len() as u64,
+            })
+            .collect(),
+        layers: spec.image.layers.clone(),
+        host_binds: spec.image.host_binds.clone(),
+        slot_dir: slot.dir.clone(),
+        uid: slot.uid,
+        gid: slot.uid,
+        rlimits: wire::Rlimits {
+            // A backstop only: the supervisor enforces CPU time for the whole job from the cgroup.
+            cpu_secs: l.cpu_time.as_secs() + 2,
+            fsize: l.file_size_bytes,
+            nofile: u64::from(l.open_files),
+            stack: l.stack_bytes,
+            nproc: u64::from(l.processes),
+        },
+        disk_bytes: l.disk_bytes,
+        disk_inodes: l.disk_inodes,
+        network: spec.network,
+        collect: spec.collect.clone(),
+        collect_max_bytes: spec.collect_max_bytes,
+        require_landlock,
+        userns_root: None,
+    }
+}

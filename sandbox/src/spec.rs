@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// A root filesystem for the container: read-only layers stacked by overlayfs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Image {
     /// Name shown in errors and logs.
     pub name: String,
@@ -118,12 +118,6 @@ pub struct Spec {
     pub collect: Vec<String>,
     /// Size cap of each collected file.
     pub collect_max_bytes: u64,
-}
-
-impl Default for Image {
-    fn default() -> Self {
-        Image { name: String::new(), layers: Vec::new(), host_binds: Vec::new(), env: Vec::new() }
-    }
 }
 
 /// How a job ended. Computed only from data the supervisor owns.

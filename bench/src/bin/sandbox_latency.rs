@@ -1,0 +1,179 @@
+//! Start-to-exit latency of `/bin/true` in the full sandbox, beside the bare baselines, interleaved
+//! in one run: (a) inside one long-lived process as a worker uses it, (b) as whole commands
+//! (`corral sandbox run` vs bubblewrap vs bare), and (c) sandboxes per second with 2 parallel slots.
+//!
+//! `cargo run --release -p corral-bench --bin sandbox_latency -- --rounds 300`
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{ensure, Context};
+use clap::Parser;
+use corral_bench::{interleave, table};
+use corral_sandbox::{Sandbox, SandboxConfig, Spec, Status};
+
+#[derive(Parser)]
+struct Args {
+    /// Measured rounds per variant.
+    #[arg(long, default_value_t = 300)]
+    rounds: usize,
+    /// Unmeasured warm-up rounds.
+    #[arg(long, default_value_t = 20)]
+    warmup: usize,
+    /// The corral binary for the whole-command variant (default: next to this benchmark).
+    #[arg(long)]
+    corral: Option<PathBuf>,
+    /// Jobs per throughput measurement.
+    #[arg(long, default_value_t = 2000)]
+    throughput_jobs: usize,
+}
+
+fn main() -> anyhow::Result<()> {
+    corral_sandbox::run_helper_if_requested();
+    let args = Args::parse();
+    let mut config = SandboxConfig::host_defaults()?;
+    config.slots = 2;
+    config.state_dir = std::env::temp_dir().join(format!("corral-bench-{}", std::process::id()));
+    config.cgroup_parent = format!("corral-bench-{}", std::process::id());
+    config.uid_base = 3_000_000;
+    let sandbox = Arc::new(Sandbox::new(config).context("starting the sandbox (run as root)")?);
+    println!("{}", in_process(&sandbox, &args)?);
+    println!("{}", whole_command(&args)?);
+    println!("{}", throughput(&sandbox, &args)?);
+    Ok(())
+}
+
+fn true_spec(sandbox: &Sandbox) -> Spec {
+    Spec {
+        image: sandbox.host_image(),
+        argv: vec!["/bin/true".into()],
+        ..Spec::default()
+    }
+}
+
+fn in_process(sandbox: &Sandbox, args: &Args) -> anyhow::Result<String> {
+    let mut bare = || -> anyhow::Result<()> {
+        ensure!(Command::new("/bin/true").status()?.success());
+        Ok(())
+    };
+    let mut boxed = || -> anyhow::Result<()> {
+        let outcome = sandbox.run(true_spec(sandbox), &mut |_, _| {})?;
+        ensure!(
+            outcome.status == Status::Ok,
+            "sandboxed /bin/true: {outcome:?}"
+        );
+        Ok(())
+    };
+    let samples = interleave(
+        &mut [
+            ("bare fork+exec+wait", &mut bare),
+            ("corral sandbox (in-process)", &mut boxed),
+        ],
+        args.warmup,
+        args.rounds,
+    )?;
+    Ok(table("In one long-lived process: /bin/true", &samples))
+}
+
+fn whole_command(args: &Args) -> anyhow::Result<String> {
+    let corral = match &args.corral {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?.with_file_name("corral"),
+    };
+    ensure!(
+        corral.exists(),
+        "{} not found: build it with cargo build --release",
+        corral.display()
+    );
+    let state = std::env::temp_dir().join(format!("corral-bench-cli-{}", std::process::id()));
+    let run = |cmd: &mut Command| -> anyhow::Result<()> {
+        let status = cmd.stdout(Stdio::null()).stderr(Stdio::null()).status()?;
+        ensure!(status.success(), "{cmd:?} failed: {status}");
+        Ok(())
+    };
+    let mut bare = || run(&mut Command::new("/bin/true"));
+    let mut bwrap = || {
+        run(Command::new("bwrap").args([
+            "--unshare-all",
+            "--die-with-parent",
+            "--ro-bind",
+            "/usr",
+            "/usr",
+            "--symlink",
+            "usr/lib64",
+            "/lib64",
+            "--symlink",
+            "usr/lib",
+            "/lib",
+            "--symlink",
+            "usr/bin",
+            "/bin",
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+            "/bin/true",
+        ]))
+    };
+    let mut ours = || {
+        run(Command::new(&corral)
+            .args(["sandbox", "run", "--state-dir"])
+            .arg(&state)
+            .args(["--", "/bin/true"]))
+    };
+    let samples = interleave(
+        &mut [
+            ("bare /bin/true", &mut bare),
+            ("bubblewrap", &mut bwrap),
+            ("corral sandbox run", &mut ours),
+        ],
+        args.warmup,
+        args.rounds,
+    )?;
+    Ok(table("Whole command: /bin/true", &samples))
+}
+
+fn throughput(sandbox: &Arc<Sandbox>, args: &Args) -> anyhow::Result<String> {
+    let jobs = args.throughput_jobs;
+    let parallel =
+        |work: Arc<dyn Fn() -> anyhow::Result<()> + Send + Sync>| -> anyhow::Result<f64> {
+            let left = Arc::new(AtomicUsize::new(jobs));
+            let start = Instant::now();
+            let threads: Vec<_> = (0..2)
+                .map(|_| {
+                    let (left, work) = (left.clone(), work.clone());
+                    std::thread::spawn(move || -> anyhow::Result<()> {
+                        while left
+                            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                            .is_ok()
+                        {
+                            work()?;
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join()
+                    .map_err(|_| anyhow::anyhow!("worker thread panicked"))??;
+            }
+            Ok(jobs as f64 / start.elapsed().as_secs_f64())
+        };
+    let bare = parallel(Arc::new(|| {
+        ensure!(Command::new("/bin/true").status()?.success());
+        Ok(())
+    }))?;
+    let sb = sandbox.clone();
+    let boxed = parallel(Arc::new(move || {
+        let outcome = sb.run(true_spec(&sb), &mut |_, _| {})?;
+        ensure!(outcome.status == Status::Ok, "{outcome:?}");
+        Ok(())
+    }))?;
+    Ok(format!(
+        "### Throughput, 2 parallel slots, {jobs} jobs of /bin/true\n\n| variant | jobs/s | of bare |\n|---|---|---|\n| bare fork+exec+wait, 2 threads | {bare:.0} | 100% |\n| corral sandbox, 2 slots | {boxed:.0} | {:.0}% |\n",
+        100.0 * boxed / bare
+    ))
+}

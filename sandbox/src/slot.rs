@@ -1,0 +1,369 @@
+//! A slot: one concurrent sandbox with its own unprivileged uid, its own cgroups (created once,
+//! reused; counters read as deltas) and its own spawner process living inside them.
+
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use crate::cgroup::SlotCgroup;
+use crate::init::InitFds;
+use crate::lease::Lease;
+use crate::spawner::{SOCKET_FD, SPAWNER_ARG};
+use crate::wire::{recv_frame, send_frame, JobRequest, SpawnerMsg, SpawnerSetup};
+use crate::{sys, Error, Helper};
+
+/// The spawner process of a slot and the socket to it.
+pub(crate) struct Spawner {
+    /// The process, killed and reaped when the slot drops it.
+    child: SpawnerProcess,
+    /// Requests out, answers in.
+    pub sock: UnixStream,
+    /// Its pid, the one process allowed to stay in the slot's cgroup between jobs.
+    pub pid: u32,
+}
+
+/// A spawner started by exec or by fork.
+enum SpawnerProcess {
+    Exec(Child),
+    Fork(nix::unistd::Pid),
+}
+
+impl Drop for Spawner {
+    fn drop(&mut self) {
+        match &mut self.child {
+            SpawnerProcess::Exec(child) => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            SpawnerProcess::Fork(pid) => {
+                let _ = nix::sys::signal::kill(*pid, nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::wait::waitpid(*pid, None);
+            }
+        }
+    }
+}
+
+/// PID 1 of a running job.
+pub(crate) struct Launched {
+    /// To signal it without a pid-reuse race, and to poll for its exit.
+    pub pidfd: OwnedFd,
+    /// Its pid when this process is its parent ([`Helper::InProcess`]).
+    direct_pid: Option<nix::unistd::Pid>,
+}
+
+/// Refuse to fork from a process with other threads (their locks would be copied held).
+pub(crate) fn single_threaded() -> Result<(), Error> {
+    let err = |source: std::io::Error| Error::StartSpawner {
+        path: "fork".into(),
+        source,
+    };
+    let status = std::fs::read_to_string("/proc/self/status").map_err(err)?;
+    if status
+        .lines()
+        .any(|l| l.split_whitespace().eq(["Threads:", "1"]))
+    {
+        Ok(())
+    } else {
+        Err(err(std::io::Error::other(
+            "this launch mode needs a single-threaded process",
+        )))
+    }
+}
+
+/// Move this process into the cgroups whose `tasks`/`cgroup.procs` files are given.
+fn write_zero(files: &[PathBuf]) -> Result<(), String> {
+    for file in files {
+        std::fs::write(file, "0")
+            .map_err(|e| format!("moving into cgroup {}: {e}", file.display()))?;
+    }
+    Ok(())
+}
+
+/// The files that move this process back into its own cgroups, for each hierarchy the slot uses.
+fn home_files(slot_files: &[PathBuf]) -> Result<Vec<PathBuf>, Error> {
+    let err = |source| Error::StateDir {
+        path: "/proc/self/cgroup".into(),
+        source,
+    };
+    let own = std::fs::read_to_string("/proc/self/cgroup").map_err(err)?;
+    let mut home = Vec::new();
+    for file in slot_files {
+        // <root>/<hierarchy>/<parent>/<slot>/<file>: the hierarchy's directory name under /sys/fs/cgroup.
+        let name = file.file_name().unwrap_or_default();
+        let rel = file.strip_prefix("/sys/fs/cgroup").unwrap_or(file);
+        let hierarchy = rel
+            .components()
+            .next()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned());
+        let line = own.lines().find_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            match &hierarchy {
+                Some(h) if controllers.split(',').any(|c| c == h) => Some((Some(h.clone()), path)),
+                _ if controllers.is_empty() && rel.components().count() == 3 => Some((None, path)),
+                _ => None,
+            }
+        });
+        let Some((dir, path)) = line else {
+            return Err(err(std::io::Error::other(format!(
+                "no own cgroup for {}",
+                file.display()
+            ))));
+        };
+        let mut back = PathBuf::from("/sys/fs/cgroup");
+        if let Some(dir) = dir {
+            back.push(dir);
+        }
+        back.push(path.trim_start_matches('/'));
+        back.push(name);
+        home.push(back);
+    }
+    Ok(home)
+}
+
+/// One slot of the pool.
+pub(crate) struct Slot {
+    /// Position in the pool.
+    pub index: usize,
+    /// Unprivileged uid (and gid) of every job in this slot; no other slot shares it.
+    pub uid: u32,
+    /// Host directory the job's tmpfs is mounted on, privately, in the job's mount namespace.
+    pub dir: PathBuf,
+    /// The slot's cgroups.
+    pub cgroup: Box<dyn SlotCgroup>,
+    /// Started on first use and again after any failure.
+    spawner: Option<Spawner>,
+    /// For [`Helper::InProcess`]: the files that move this process back home after a launch.
+    home_files: Vec<PathBuf>,
+    /// Where the slot's persistent network namespace is pinned, if the sandbox keeps one.
+    pub netns: Option<PathBuf>,
+    /// Held for the slot's lifetime: no other process uses this index, uid or cgroup meanwhile.
+    _lease: Lease,
+}
+
+impl Slot {
+    pub fn new(
+        lease: Lease,
+        uid_base: u32,
+        cgroup: Box<dyn SlotCgroup>,
+        netns: Option<PathBuf>,
+    ) -> Result<Slot, Error> {
+        let home_files = home_files(&cgroup.self_attach_files())?;
+        Ok(Slot {
+            index: lease.index,
+            uid: uid_base + lease.index as u32,
+            dir: lease.dir.clone(),
+            cgroup,
+            spawner: None,
+            netns,
+            home_files,
+            _lease: lease,
+        })
+    }
+
+    /// The running spawner, started (and placed in the slot's cgroups) if there is none.
+    pub fn spawner(&mut self, helper: &Helper) -> Result<&mut Spawner, Error> {
+        if *helper == Helper::InProcess {
+            return Err(Error::Spawner {
+                slot: self.index,
+                message: "in-process slots have no spawner".into(),
+            });
+        }
+        if self.spawner.is_none() {
+            let spawner = self.start_spawner(helper)?;
+            self.spawner = Some(spawner);
+        }
+        Ok(self.spawner.as_mut().expect("spawner was just set"))
+    }
+
+    /// Kill the spawner (and so any job it runs); the next job starts a new one.
+    pub fn discard_spawner(&mut self) {
+        self.spawner = None;
+    }
+
+    fn start_spawner(&self, helper: &Helper) -> Result<Spawner, Error> {
+        let (ours, theirs) = UnixStream::pair().map_err(|source| Error::StartSpawner {
+            path: "socketpair".into(),
+            source,
+        })?;
+        let child = match helper {
+            Helper::Exec(path) => SpawnerProcess::Exec(self.exec_spawner(path, &theirs)?),
+            Helper::Fork => SpawnerProcess::Fork(self.fork_spawner(&theirs)?),
+            Helper::InProcess => unreachable!("spawner() refuses in-process slots"),
+        };
+        drop(theirs);
+        let mut spawner = Spawner {
+            child,
+            sock: ours,
+            pid: 0,
+        };
+        self.wait_ready(&mut spawner)?;
+        Ok(spawner)
+    }
+
+    fn exec_spawner(&self, helper: &Path, theirs: &UnixStream) -> Result<Child, Error> {
+        let start_err = |source| Error::StartSpawner {
+            path: helper.to_path_buf(),
+            source,
+        };
+        let mut cmd = Command::new(helper);
+        // The spawner joins the slot's cgroups itself: a single-threaded process writing "0" to a v1
+        // `tasks` file skips the global threadgroup lock whose RCU grace period makes a migration by
+        // pid cost 5-15 ms on an idle host (0.4 ms this way).
+        cmd.arg(SPAWNER_ARG)
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        let raw = theirs.as_raw_fd();
+        // SAFETY: the closure only calls dup2, which is async-signal-safe.
+        #[allow(unsafe_code)]
+        unsafe {
+            sys::pre_exec(&mut cmd, move || {
+                sys::dup2_raw(raw, SOCKET_FD).map_err(Into::into)
+            });
+        }
+        cmd.spawn().map_err(start_err)
+    }
+
+    fn fork_spawner(&self, theirs: &UnixStream) -> Result<nix::unistd::Pid, Error> {
+        let err = |source: std::io::Error| Error::StartSpawner {
+            path: "fork".into(),
+            source,
+        };
+        single_threaded()?;
+        match sys::fork_single_threaded().map_err(|e| err(e.into()))? {
+            nix::unistd::ForkResult::Child => {
+                crate::spawner::forked_spawner_main(theirs.as_raw_fd())
+            }
+            nix::unistd::ForkResult::Parent { child } => Ok(child),
+        }
+    }
+
+    fn wait_ready(&self, spawner: &mut Spawner) -> Result<(), Error> {
+        let spawner_err = |message: String| Error::Spawner {
+            slot: self.index,
+            message,
+        };
+        let setup = SpawnerSetup {
+            cgroup_files: self.cgroup.self_attach_files(),
+            netns: self.netns.clone(),
+        };
+        send_frame(&mut spawner.sock, &setup, &[], &[])
+            .map_err(|e| spawner_err(format!("sending setup: {e}")))?;
+        match recv_frame::<SpawnerMsg>(&mut spawner.sock) {
+            Ok(Some((SpawnerMsg::Ready { pid }, _))) => spawner.pid = pid,
+            Ok(Some((SpawnerMsg::Failed { error }, _))) => return Err(spawner_err(error)),
+            Ok(other) => return Err(spawner_err(format!("expected ready, got {other:?}"))),
+            Err(e) => return Err(spawner_err(format!("waiting for ready: {e}"))),
+        }
+        Ok(())
+    }
+
+    /// Start PID 1 of a job: through the spawner, or (for [`Helper::InProcess`]) by cloning it from
+    /// this process after joining the slot's cgroups, which it leaves again right after.
+    pub fn launch(
+        &mut self,
+        helper: &Helper,
+        req: &JobRequest,
+        blob_refs: &[&[u8]],
+        blobs: &[Vec<u8>],
+        fds: [RawFd; 4],
+    ) -> Result<Launched, Error> {
+        let index = self.index;
+        let spawner_err = move |message: String| Error::Spawner {
+            slot: index,
+            message,
+        };
+        if *helper == Helper::InProcess {
+            return self.launch_in_process(req, blobs, fds).map_err(spawner_err);
+        }
+        let spawner = self.spawner(helper)?;
+        send_frame(&mut spawner.sock, req, blob_refs, &fds)
+            .map_err(|e| spawner_err(format!("send: {e}")))?;
+        match recv_frame::<SpawnerMsg>(&mut spawner.sock) {
+            Ok(Some((SpawnerMsg::Started { .. }, mut fds))) if fds.len() == 1 => Ok(Launched {
+                pidfd: fds.remove(0),
+                direct_pid: None,
+            }),
+            Ok(Some((SpawnerMsg::Failed { error }, _))) => Err(spawner_err(error)),
+            other => Err(spawner_err(format!("expected started, got {other:?}"))),
+        }
+    }
+
+    fn launch_in_process(
+        &mut self,
+        req: &JobRequest,
+        blobs: &[Vec<u8>],
+        fds: [RawFd; 4],
+    ) -> Result<Launched, String> {
+        single_threaded().map_err(|e| e.to_string())?;
+        let join = self.cgroup.self_attach_files();
+        write_zero(&join)?;
+        let dup = |fd| sys::dup_cloexec_raw(fd).map_err(|e| format!("dup: {e}"));
+        let init_fds = InitFds {
+            stdin: dup(fds[0])?,
+            stdout: dup(fds[1])?,
+            stderr: dup(fds[2])?,
+            report: dup(fds[3])?,
+            sync: None,
+        };
+        // SAFETY: single_threaded() just checked that no other thread exists.
+        #[allow(unsafe_code)]
+        let cloned = unsafe { crate::spawner::clone_init(req, blobs, init_fds) };
+        // Only this process goes home: PID 1 must stay in the slot's cgroups.
+        let home = write_zero(&self.home_files);
+        let (pid, pidfd) = cloned?;
+        if let Err(e) = home {
+            let _ = sys::pidfd_send_signal(std::os::fd::AsFd::as_fd(&pidfd), libc::SIGKILL);
+            let _ = nix::sys::wait::waitpid(pid, None);
+            return Err(e);
+        }
+        Ok(Launched {
+            pidfd,
+            direct_pid: Some(pid),
+        })
+    }
+
+    /// After the job's PID 1 is gone: collect its exit (ours to reap in-process, the spawner's
+    /// otherwise).
+    pub fn reap(&mut self, helper: &Helper, launched: &Launched) -> Result<(), Error> {
+        if let Some(pid) = launched.direct_pid {
+            nix::sys::wait::waitpid(pid, None).map_err(Error::nix("waitpid"))?;
+            return Ok(());
+        }
+        let index = self.index;
+        let spawner = self.spawner(helper)?;
+        match recv_frame::<SpawnerMsg>(&mut spawner.sock) {
+            Ok(Some((SpawnerMsg::Exited { .. }, _))) => Ok(()),
+            other => {
+                let _ = sys::pidfd_send_signal(
+                    std::os::fd::AsFd::as_fd(&launched.pidfd),
+                    libc::SIGKILL,
+                );
+                Err(Error::Spawner {
+                    slot: index,
+                    message: format!("expected exited, got {other:?}"),
+                })
+            }
+        }
+    }
+
+    /// After a job: nothing but the spawner may remain in the slot's cgroup. If anything does (it
+    /// cannot, short of a kernel bug), kill the whole cgroup tree and start a fresh spawner.
+    pub fn ensure_clean(&mut self) -> Result<(), Error> {
+        let spawner_pid = self.spawner.as_ref().map(|s| s.pid);
+        let pids = self.cgroup.pids()?;
+        if pids.iter().any(|&p| Some(p) != spawner_pid) {
+            tracing::warn!(
+                slot = self.index,
+                ?pids,
+                "processes left in the slot cgroup; killing the tree"
+            );
+            self.discard_spawner();
+            self.cgroup.kill_all()?;
+        }
+        Ok(())
+    }
+}

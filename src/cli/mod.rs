@@ -1,0 +1,30 @@
+//! Command-line interface: one subcommand group per file.
+
+pub mod sandbox;
+pub mod units;
+
+use clap::{Parser, Subcommand};
+
+/// Corral: a multi-tenant sandboxed code execution service.
+#[derive(Debug, Parser)]
+#[command(name = "corral", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run commands in the sandbox directly, without the service.
+    #[command(subcommand)]
+    Sandbox(sandbox::SandboxCommand),
+}
+
+/// Run the parsed command; the process exit code.
+pub fn run(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Sandbox(cmd) => sandbox::run(cmd),
+    }
+}
