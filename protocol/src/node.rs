@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Bytes, JobId, JobResult, JobSpec, RunResult, Stream};
+use crate::{Bytes, JobId, JobResult, JobSpec, Limits, RunResult, Stream};
 
 /// A worker node's name, unique in a deployment (the host name by default).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -30,6 +30,13 @@ pub struct LanguageInfo {
     pub source_file: String,
     /// Whether it has a compile step.
     pub compiled: bool,
+    /// File extensions without the dot (e.g. `py`), for guessing a file's language.
+    #[serde(default)]
+    pub extensions: Vec<String>,
+    /// Default limits of each run (what the gateway fills in when a job gives none).
+    pub limits: Limits,
+    /// Default limits of the compile step (`None` for interpreted languages).
+    pub compile_limits: Option<Limits>,
 }
 
 /// A node's utilization, as used for placement.
@@ -138,7 +145,7 @@ pub enum CoordinatorMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Compare, Limits, SourceFile, TestCase};
+    use crate::{Compare, SourceFile, TestCase};
 
     fn limits() -> Limits {
         Limits {
