@@ -3,6 +3,7 @@
 
 pub mod digest;
 pub mod extract;
+pub mod language;
 pub mod layer;
 pub mod recipe;
 pub mod store;
