@@ -1,31 +1,28 @@
 //! The job's seccomp-bpf filters, compiled with `seccompiler` and installed last, right before
 //! `execve` (SANDBOX.md step 17).
 //!
-//! Two filters are stacked. The kernel runs every installed filter and keeps the most restrictive
-//! action; between two `ERRNO` results the most recently installed filter's errno wins.
+//! One filter, built by [`bpf`] as a binary search over system call numbers:
 //!
-//! 1. The **allowlist** (installed first): the x86_64 system calls an ordinary program, compiler or
-//!    language runtime uses are allowed; everything else (new or exotic system calls, the x32 ABI,
-//!    `clone3`) fails with `ENOSYS`, which makes libcs fall back (glibc retries `clone3` as `clone`).
-//!    A non-native architecture (`int 0x80`, the i386 ABI) kills the process: seccompiler puts the
-//!    architecture check first.
-//! 2. The **denylist** (installed last): the calls that are attack surface fail with `EPERM`, also
-//!    when the allowlist does not name them (their `ENOSYS` is overridden): io_uring, bpf,
-//!    perf_event_open, keys, userfaultfd, every mount call old and new, namespaces (`unshare`,
-//!    `setns`, `clone` with any `CLONE_NEW*` flag), ptrace and cross-process memory, kernel, clock
-//!    and swap administration, `personality` other than the plain Linux personas, sockets other
-//!    than unix/inet/inet6 (AF_NETLINK, AF_PACKET, AF_VSOCK, ...), and the `TIOCSTI`/`TIOCLINUX`
-//!    ioctls (compared as 32 bits, as the kernel reads the command).
+//! - A non-native architecture (`int 0x80`, the i386 ABI) kills the process.
+//! - The **allowlist**: the x86_64 system calls an ordinary program, compiler or language runtime
+//!   uses are allowed.
+//! - The **denylist**: the calls that are attack surface fail with `EPERM`: io_uring, bpf,
+//!   perf_event_open, keys, userfaultfd, every mount call old and new, namespaces (`unshare`,
+//!   `setns`, `clone` with any `CLONE_NEW*` flag), ptrace and cross-process memory, kernel, clock
+//!   and swap administration, `personality` other than the plain Linux personas, sockets other
+//!   than unix/inet/inet6 (AF_NETLINK, AF_PACKET, AF_VSOCK, ...), and the `TIOCSTI`/`TIOCLINUX`
+//!   ioctls (compared as 32 bits, as the kernel reads the command).
+//! - Everything else (new or exotic system calls, the x32 ABI, `clone3`) fails with `ENOSYS`, which
+//!   makes libcs fall back (glibc retries `clone3` as `clone`).
 //!
-//! Allowed calls without argument conditions are cached by the kernel per system call number, so
-//! the filters cost nothing on the hot path of ordinary programs.
+//! Calls allowed without argument conditions are cached by the kernel per system call number, so
+//! the filter costs nothing on the hot path of ordinary programs.
 
-use std::collections::BTreeMap;
+mod bpf;
 
-use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch,
-};
+use seccompiler::BpfProgram;
+
+use bpf::Rule;
 
 /// What the filters must allow beyond the default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,9 +35,6 @@ pub struct Policy {
 /// Failure to build or install the filters.
 #[derive(Debug, thiserror::Error)]
 pub enum SeccompError {
-    /// seccompiler refused a rule or the program (a bug in the tables below).
-    #[error("compiling the seccomp filter: {0}")]
-    Compile(String),
     /// The kernel refused the filter.
     #[error("installing the seccomp filter: {0}")]
     Install(seccompiler::Error),
@@ -49,64 +43,45 @@ pub enum SeccompError {
     UnsupportedArch,
 }
 
-/// The compiled filters, in installation order.
+/// The compiled filter.
 #[derive(Debug, Clone)]
 pub struct Filters {
-    /// Allowlist, then denylist.
-    programs: [BpfProgram; 2],
+    program: BpfProgram,
 }
 
 impl Filters {
-    /// Total BPF instructions (for tests and logs).
+    /// BPF instructions (for tests and logs).
     pub fn instructions(&self) -> usize {
-        self.programs.iter().map(Vec::len).sum()
+        self.program.len()
     }
 }
 
-/// Compile the filters for `policy`.
+/// Compile the filter for `policy`.
 pub fn compile(policy: &Policy) -> Result<Filters, SeccompError> {
-    let _ = policy.network; // the same filters serve both; see Policy::network
-    let arch = target_arch()?;
-    let allow = SeccompFilter::new(
-        allowlist()
-            .iter()
-            .map(|&nr| (nr, Vec::new()))
-            .collect::<BTreeMap<_, _>>(),
-        SeccompAction::Errno(libc::ENOSYS as u32),
-        SeccompAction::Allow,
-        arch,
-    )
-    .map_err(|e| SeccompError::Compile(e.to_string()))?;
-    let deny = SeccompFilter::new(
-        denylist()?,
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::EPERM as u32),
-        arch,
-    )
-    .map_err(|e| SeccompError::Compile(e.to_string()))?;
-    let to_bpf = |f: SeccompFilter| -> Result<BpfProgram, SeccompError> {
-        f.try_into()
-            .map_err(|e: seccompiler::BackendError| SeccompError::Compile(e.to_string()))
-    };
+    let _ = policy.network; // the same filter serves both; see Policy::network
+    if !cfg!(target_arch = "x86_64") {
+        return Err(SeccompError::UnsupportedArch);
+    }
+    let mut rules: Vec<(u32, Rule)> = allowlist()
+        .into_iter()
+        .map(|nr| (nr as u32, Rule::Allow))
+        .chain(
+            DENIED
+                .iter()
+                .map(|&nr| (nr as u32, Rule::Errno(libc::EPERM))),
+        )
+        .filter(|(nr, _)| !ARGUMENT_RULES.iter().any(|(a, _)| *a as u32 == *nr))
+        .chain(ARGUMENT_RULES.iter().map(|&(nr, rule)| (nr as u32, rule)))
+        .collect();
+    rules.sort_unstable_by_key(|(nr, _)| *nr);
     Ok(Filters {
-        programs: [to_bpf(allow)?, to_bpf(deny)?],
+        program: bpf::program(&rules, Rule::Errno(libc::ENOSYS)),
     })
 }
 
-/// Install the filters on the calling thread. `no_new_privs` must already be set.
+/// Install the filter on the calling thread. `no_new_privs` must already be set.
 pub fn install(filters: &Filters) -> Result<(), SeccompError> {
-    for program in &filters.programs {
-        seccompiler::apply_filter(program).map_err(SeccompError::Install)?;
-    }
-    Ok(())
-}
-
-fn target_arch() -> Result<TargetArch, SeccompError> {
-    if cfg!(target_arch = "x86_64") {
-        Ok(TargetArch::x86_64)
-    } else {
-        Err(SeccompError::UnsupportedArch)
-    }
+    seccompiler::apply_filter(&filters.program).map_err(SeccompError::Install)
 }
 
 // x86_64 system call numbers that the libc crate does not name yet.
@@ -264,68 +239,75 @@ const DENIED: &[i64] = &[
 ];
 
 /// Every `CLONE_NEW*` flag (and `CLONE_NEWTIME`): `clone` with any of them is denied.
-const NAMESPACE_FLAGS: &[u64] = &[
-    libc::CLONE_NEWNS as u64,
-    libc::CLONE_NEWCGROUP as u64,
-    libc::CLONE_NEWUTS as u64,
-    libc::CLONE_NEWIPC as u64,
-    libc::CLONE_NEWUSER as u64,
-    libc::CLONE_NEWPID as u64,
-    libc::CLONE_NEWNET as u64,
+const NAMESPACE_FLAGS: &[u32] = &[
+    libc::CLONE_NEWNS as u32,
+    libc::CLONE_NEWCGROUP as u32,
+    libc::CLONE_NEWUTS as u32,
+    libc::CLONE_NEWIPC as u32,
+    libc::CLONE_NEWUSER as u32,
+    libc::CLONE_NEWPID as u32,
+    libc::CLONE_NEWNET as u32,
     0x80, // CLONE_NEWTIME
 ];
 
+const fn or_all(flags: &[u32]) -> u32 {
+    let (mut acc, mut i) = (0, 0);
+    while i < flags.len() {
+        acc |= flags[i];
+        i += 1;
+    }
+    acc
+}
+
 /// Socket families a job may create.
-const SOCKET_FAMILIES: &[u64] = &[
-    libc::AF_UNIX as u64,
-    libc::AF_INET as u64,
-    libc::AF_INET6 as u64,
+const SOCKET_FAMILIES: &[u32] = &[
+    libc::AF_UNIX as u32,
+    libc::AF_INET as u32,
+    libc::AF_INET6 as u32,
 ];
 
 /// `personality` values a job may set: plain Linux, with or without the 32-bit / UNAME26 personas,
 /// and the query value. Anything else (ADDR_NO_RANDOMIZE, READ_IMPLIES_EXEC, ...) is denied.
-const PERSONALITIES: &[u64] = &[0x0, 0x8, 0x20000, 0x20008, 0xffff_ffff];
+const PERSONALITIES: &[u32] = &[0x0, 0x8, 0x20000, 0x20008, 0xffff_ffff];
 
 /// ioctl commands that inject input into or control a terminal.
-const DENIED_IOCTLS: &[u64] = &[libc::TIOCSTI, libc::TIOCLINUX];
+const DENIED_IOCTLS: &[u32] = &[libc::TIOCSTI as u32, libc::TIOCLINUX as u32];
 
-fn cond(arg: u8, op: SeccompCmpOp, value: u64) -> Result<SeccompCondition, SeccompError> {
-    // Dword: the kernel reads these arguments as 32-bit ints, so must the filter (a command with
-    // high bits set is still TIOCSTI to the kernel).
-    SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, value)
-        .map_err(|e| SeccompError::Compile(e.to_string()))
-}
-
-fn rule(conditions: Vec<SeccompCondition>) -> Result<SeccompRule, SeccompError> {
-    SeccompRule::new(conditions).map_err(|e| SeccompError::Compile(e.to_string()))
-}
-
-/// Rules of the second filter: a match means `EPERM`.
-fn denylist() -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
-        DENIED.iter().map(|&nr| (nr, Vec::new())).collect();
-    let clone_rules = NAMESPACE_FLAGS
-        .iter()
-        .map(|&flag| rule(vec![cond(0, SeccompCmpOp::MaskedEq(flag), flag)?]))
-        .collect::<Result<_, _>>()?;
-    rules.insert(libc::SYS_clone, clone_rules);
-    let other_family = SOCKET_FAMILIES
-        .iter()
-        .map(|&family| cond(0, SeccompCmpOp::Ne, family))
-        .collect::<Result<_, _>>()?;
-    rules.insert(libc::SYS_socket, vec![rule(other_family)?]);
-    let other_persona = PERSONALITIES
-        .iter()
-        .map(|&p| cond(0, SeccompCmpOp::Ne, p))
-        .collect::<Result<_, _>>()?;
-    rules.insert(libc::SYS_personality, vec![rule(other_persona)?]);
-    let ioctl_rules = DENIED_IOCTLS
-        .iter()
-        .map(|&cmd| rule(vec![cond(1, SeccompCmpOp::Eq, cmd)?]))
-        .collect::<Result<_, _>>()?;
-    rules.insert(libc::SYS_ioctl, ioctl_rules);
-    Ok(rules)
-}
+/// System calls allowed only with some arguments (all are in the allowlist too).
+const ARGUMENT_RULES: &[(i64, Rule)] = &[
+    (
+        libc::SYS_clone,
+        Rule::DenyBits {
+            arg: 0,
+            mask: or_all(NAMESPACE_FLAGS),
+            errno: libc::EPERM,
+        },
+    ),
+    (
+        libc::SYS_socket,
+        Rule::AllowValues {
+            arg: 0,
+            values: SOCKET_FAMILIES,
+            errno: libc::EPERM,
+        },
+    ),
+    (
+        libc::SYS_personality,
+        Rule::AllowValues {
+            arg: 0,
+            values: PERSONALITIES,
+            errno: libc::EPERM,
+        },
+    ),
+    (
+        libc::SYS_ioctl,
+        Rule::DenyValues {
+            arg: 1,
+            values: DENIED_IOCTLS,
+            errno: libc::EPERM,
+        },
+    ),
+];
 
 #[cfg(test)]
 mod tests;

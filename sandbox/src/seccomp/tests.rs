@@ -62,7 +62,7 @@ fn clone_with_namespace_flags_is_denied() {
         let plain = raw(libc::SYS_clone, [bad, 0, 0, 0]);
         let per_flag: Vec<i32> = NAMESPACE_FLAGS
             .iter()
-            .map(|&f| raw(libc::SYS_clone, [bad | f, 0, 0, 0]))
+            .map(|&f| raw(libc::SYS_clone, [bad | u64::from(f), 0, 0, 0]))
             .collect();
         let unshare = raw(libc::SYS_unshare, [libc::CLONE_NEWUSER as u64, 0, 0, 0]);
         let setns = raw(libc::SYS_setns, [u64::MAX, 0, 0, 0]);
@@ -83,14 +83,23 @@ fn only_unix_and_inet_sockets() {
             raw(libc::SYS_socket, [libc::AF_INET as u64, stream, 0, 0]),
             raw(libc::SYS_socket, [libc::AF_INET6 as u64, dgram, 0, 0]),
             raw(libc::SYS_socket, [libc::AF_NETLINK as u64, dgram, 0, 0]),
-            raw(libc::SYS_socket, [libc::AF_PACKET as u64, libc::SOCK_RAW as u64, 0, 0]),
+            raw(
+                libc::SYS_socket,
+                [libc::AF_PACKET as u64, libc::SOCK_RAW as u64, 0, 0],
+            ),
             raw(libc::SYS_socket, [libc::AF_VSOCK as u64, stream, 0, 0]),
             // The family compared as the kernel reads it: a 32-bit int.
-            raw(libc::SYS_socket, [(1 << 32) | libc::AF_VSOCK as u64, stream, 0, 0]),
+            raw(
+                libc::SYS_socket,
+                [(1 << 32) | libc::AF_VSOCK as u64, stream, 0, 0],
+            ),
         ]
     });
     assert_eq!(&results[..3], &[0, 0, 0]);
-    assert!(results[3..].iter().all(|&e| e == libc::EPERM), "{results:?}");
+    assert!(
+        results[3..].iter().all(|&e| e == libc::EPERM),
+        "{results:?}"
+    );
 }
 
 #[test]
@@ -104,7 +113,10 @@ fn terminal_injection_ioctls_are_denied_even_with_high_bits() {
             raw(libc::SYS_ioctl, [fd, libc::TIOCLINUX, 0, 0]),
         ]
     });
-    assert_eq!(results, [libc::EBADF, libc::EPERM, libc::EPERM, libc::EPERM]);
+    assert_eq!(
+        results,
+        [libc::EBADF, libc::EPERM, libc::EPERM, libc::EPERM]
+    );
 }
 
 #[test]
@@ -112,8 +124,14 @@ fn personality_cannot_weaken_aslr_or_nx() {
     let results = filtered(|| {
         [
             raw(libc::SYS_personality, [0xffff_ffff, 0, 0, 0]),
-            raw(libc::SYS_personality, [libc::ADDR_NO_RANDOMIZE as u64, 0, 0, 0]),
-            raw(libc::SYS_personality, [libc::READ_IMPLIES_EXEC as u64, 0, 0, 0]),
+            raw(
+                libc::SYS_personality,
+                [libc::ADDR_NO_RANDOMIZE as u64, 0, 0, 0],
+            ),
+            raw(
+                libc::SYS_personality,
+                [libc::READ_IMPLIES_EXEC as u64, 0, 0, 0],
+            ),
         ]
     });
     assert_eq!(results, [0, libc::EPERM, libc::EPERM]);
@@ -148,11 +166,22 @@ fn unknown_and_x32_system_calls_fail_with_enosys() {
 fn lists_do_not_overlap_except_for_argument_filtered_calls() {
     let allow = allowlist();
     for nr in DENIED {
-        assert!(!allow.contains(nr), "syscall {nr} is both allowed and denied");
+        assert!(
+            !allow.contains(nr),
+            "syscall {nr} is both allowed and denied"
+        );
     }
     // clone3 must be neither: only the allowlist's ENOSYS makes libcs fall back to clone.
     assert!(!allow.contains(&libc::SYS_clone3) && !DENIED.contains(&libc::SYS_clone3));
-    for nr in [libc::SYS_clone, libc::SYS_socket, libc::SYS_ioctl, libc::SYS_personality] {
-        assert!(allow.contains(&nr), "syscall {nr} must be allowed for its denylist rules");
+    for nr in [
+        libc::SYS_clone,
+        libc::SYS_socket,
+        libc::SYS_ioctl,
+        libc::SYS_personality,
+    ] {
+        assert!(
+            allow.contains(&nr),
+            "syscall {nr} must be allowed for its denylist rules"
+        );
     }
 }
