@@ -3,8 +3,10 @@
 //! These types are plain data: the worker maps its wire types onto them, so protocol changes never
 //! touch security code.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -118,6 +120,57 @@ pub struct Spec {
     pub collect: Vec<String>,
     /// Size cap of each collected file.
     pub collect_max_bytes: u64,
+    /// Stops the job when cancelled (before or while it runs); the outcome is then
+    /// [`Status::Cancelled`].
+    pub cancel: Option<CancelToken>,
+}
+
+/// A switch that stops a job from another thread: [`CancelToken::cancel`] kills the job it was
+/// given to (through [`Spec::cancel`]), at once if it is running, before start if it is not. Clones
+/// share the switch; once cancelled it stays cancelled.
+///
+/// It is a non-blocking pipe: cancelling writes one byte that is never read, so the read end stays
+/// readable and the supervisor's `poll(2)` loop wakes up on it (no polling interval is added).
+#[derive(Debug, Clone)]
+pub struct CancelToken(Arc<CancelPipe>);
+
+#[derive(Debug)]
+struct CancelPipe {
+    read: OwnedFd,
+    write: OwnedFd,
+    cancelled: AtomicBool,
+}
+
+impl CancelToken {
+    /// A new switch, not cancelled.
+    pub fn new() -> Result<CancelToken, crate::Error> {
+        use nix::fcntl::OFlag;
+        let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
+            .map_err(crate::Error::nix("pipe"))?;
+        Ok(CancelToken(Arc::new(CancelPipe {
+            read,
+            write,
+            cancelled: AtomicBool::new(false),
+        })))
+    }
+
+    /// Cancel (idempotent, callable from any thread).
+    pub fn cancel(&self) {
+        if !self.0.cancelled.swap(true, Ordering::SeqCst) {
+            // An empty pipe with a 64 KiB buffer always takes one byte; nothing to do on error.
+            let _ = nix::unistd::write(&self.0.write, b"c");
+        }
+    }
+
+    /// Whether [`CancelToken::cancel`] was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.cancelled.load(Ordering::SeqCst)
+    }
+
+    /// The descriptor that becomes readable once cancelled.
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.0.read.as_fd()
+    }
 }
 
 /// How a job ended. Computed only from data the supervisor owns.
@@ -136,6 +189,8 @@ pub enum Status {
     OutputLimit,
     /// Corral itself failed to run the job.
     InternalError,
+    /// Stopped by its [`Spec::cancel`] token (the job was killed, or never started).
+    Cancelled,
 }
 
 /// Which time limit was hit.
@@ -188,4 +243,29 @@ pub struct Outcome {
     pub files: Vec<FileOut>,
     /// For [`Status::InternalError`]: what failed.
     pub error: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+    fn readable(token: &CancelToken) -> bool {
+        let mut fds = [PollFd::new(token.fd(), PollFlags::POLLIN)];
+        poll(&mut fds, PollTimeout::ZERO).unwrap() == 1
+    }
+
+    #[test]
+    fn cancel_token_wakes_poll_and_stays_cancelled() {
+        let token = CancelToken::new().unwrap();
+        let other = token.clone();
+        assert!(!token.is_cancelled());
+        assert!(!readable(&token));
+        let t = std::thread::spawn(move || other.cancel());
+        t.join().unwrap();
+        assert!(token.is_cancelled());
+        assert!(readable(&token));
+        token.cancel();
+        assert!(readable(&token), "a second cancel changes nothing");
+    }
 }

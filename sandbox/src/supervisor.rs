@@ -3,6 +3,10 @@
 //! `poll(2)` while enforcing wall time (its own monotonic clock), CPU time (the cgroup's counter,
 //! all processes and threads) and output caps, and finally computes the [`Outcome`] from data it owns:
 //! cgroup counters, its clock, what it killed for, and PID 1's wait report.
+//!
+//! A [`CancelToken`] in the spec is one more descriptor in the same `poll(2)` set: once cancelled,
+//! the job is killed like for any other limit and the outcome is [`Status::Cancelled`]; a job
+//! cancelled before it starts is never launched.
 
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
@@ -14,7 +18,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::cgroup::{CgroupLimits, CpuQuota, Usage};
 use crate::slot::Slot;
-use crate::spec::{FileOut, Limits, Outcome, Spec, Status, Stdin, TimeLimitKind};
+use crate::spec::{CancelToken, FileOut, Limits, Outcome, Spec, Status, Stdin, TimeLimitKind};
 use crate::wire::{self, JobExit, Report};
 use crate::{sys, Error, StreamKind};
 
@@ -31,6 +35,7 @@ enum Kill {
     Cpu,
     Wall,
     Output,
+    Cancel,
 }
 
 /// What the pump loop observed.
@@ -51,6 +56,10 @@ pub(crate) fn run(
     on_output: &mut dyn FnMut(StreamKind, &[u8]),
 ) -> Result<Outcome, Error> {
     let limits = spec.limits;
+    let cancel = spec.cancel.clone();
+    if cancel.as_ref().is_some_and(CancelToken::is_cancelled) {
+        return Ok(cancelled_before_start());
+    }
     slot.cgroup.set_limits(&cgroup_limits(&limits))?;
     slot.cgroup.reset_peak()?;
     let before = slot.cgroup.usage()?;
@@ -62,6 +71,7 @@ pub(crate) fn run(
         &blobs,
         spec.stdin,
         &limits,
+        cancel.as_ref(),
         before.cpu_ns,
         on_output,
     );
@@ -99,6 +109,7 @@ fn supervise(
     blobs: &[Vec<u8>],
     stdin: Stdin,
     limits: &Limits,
+    cancel: Option<&CancelToken>,
     cpu_before: u64,
     on_output: &mut dyn FnMut(StreamKind, &[u8]),
 ) -> Result<Observed, Error> {
@@ -125,6 +136,7 @@ fn supervise(
             stdin_bytes,
             &launched.pidfd,
             limits,
+            cancel,
             started,
             cpu,
             on_output,
@@ -256,6 +268,7 @@ struct Pumper<'a> {
     ends: &'a mut Ends,
     pidfd: &'a OwnedFd,
     limits: &'a Limits,
+    cancel: Option<&'a CancelToken>,
     started: Instant,
     stdin_bytes: Vec<u8>,
     stdin_off: usize,
@@ -266,11 +279,13 @@ struct Pumper<'a> {
     exited: Option<Instant>,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn pump(
     ends: &mut Ends,
     stdin_bytes: Vec<u8>,
     pidfd: &OwnedFd,
     limits: &Limits,
+    cancel: Option<&CancelToken>,
     started: Instant,
     cpu_used: impl Fn() -> Result<u64, crate::cgroup::CgroupError>,
     on_output: &mut dyn FnMut(StreamKind, &[u8]),
@@ -280,6 +295,7 @@ fn pump(
         ends,
         pidfd,
         limits,
+        cancel,
         started,
         stdin_bytes,
         stdin_off: 0,
@@ -345,7 +361,9 @@ impl Pumper<'_> {
         if let Some(at) = self.exited {
             return Ok(now.duration_since(at) <= DRAIN_GRACE);
         }
-        if now.duration_since(self.started) >= self.limits.wall_time {
+        if self.cancel.is_some_and(CancelToken::is_cancelled) {
+            self.kill_for(Kill::Cancel);
+        } else if now.duration_since(self.started) >= self.limits.wall_time {
             self.kill_for(Kill::Wall);
         } else if cpu_used().map_err(Error::Cgroup)? > self.limits.cpu_time.as_nanos() as u64 {
             self.kill_for(Kill::Cpu);
@@ -368,6 +386,13 @@ impl Pumper<'_> {
         set.add(self.ends.stdin.as_ref(), PollFlags::POLLOUT);
         set.add_fd(
             self.exited.is_none().then(|| self.pidfd.as_fd()),
+            PollFlags::POLLIN,
+        );
+        // Once a kill is sent the token has done its work (and would stay readable).
+        set.add_fd(
+            self.cancel
+                .filter(|_| self.kill.is_none())
+                .map(CancelToken::fd),
             PollFlags::POLLIN,
         );
         if set.wait(timeout)?.contains(&4) && self.exited.is_none() {
@@ -514,6 +539,8 @@ fn outcome(
     out.status = if let Some(error) = setup_error {
         out.error = Some(error);
         Status::InternalError
+    } else if kill == Some(Kill::Cancel) {
+        Status::Cancelled
     } else if kill == Some(Kill::Cpu) || cpu > limits.cpu_time {
         out.limit = Some(TimeLimitKind::Cpu);
         Status::TimeLimit
@@ -532,6 +559,25 @@ fn outcome(
     out.stdout = stdout.data;
     out.stderr = stderr.data;
     out
+}
+
+/// The outcome of a job whose token was cancelled before it was launched.
+fn cancelled_before_start() -> Outcome {
+    Outcome {
+        status: Status::Cancelled,
+        limit: None,
+        exit_code: None,
+        signal: None,
+        cpu_time: Duration::ZERO,
+        wall_time: Duration::ZERO,
+        memory_peak_bytes: 0,
+        stdout: Vec::new(),
+        stderr: Vec::new(),
+        stdout_truncated: false,
+        stderr_truncated: false,
+        files: Vec::new(),
+        error: None,
+    }
 }
 
 /// Decode PID 1's report; a malformed one counts as no report.
