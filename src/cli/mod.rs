@@ -1,6 +1,9 @@
 //! Command-line interface: one subcommand group per file.
 
 pub mod sandbox;
+pub mod serve;
+pub mod submit;
+pub mod tenant;
 pub mod units;
 
 use clap::{Parser, Subcommand};
@@ -20,11 +23,21 @@ pub enum Command {
     /// Run commands in the sandbox directly, without the service.
     #[command(subcommand)]
     Sandbox(sandbox::SandboxCommand),
+    /// Run the service: HTTP API, job store and a local worker node on the sandbox.
+    Serve(serve::ServeArgs),
+    /// Create, list and revoke tenants (API keys and quotas).
+    #[command(subcommand)]
+    Tenant(tenant::TenantCommand),
+    /// Send a program to a Corral server and print the result.
+    Submit(submit::SubmitArgs),
 }
 
 /// Run the parsed command; the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Sandbox(cmd) => sandbox::run(cmd),
+        Command::Serve(args) => serve::run(args),
+        Command::Tenant(cmd) => tenant::run(cmd),
+        Command::Submit(args) => submit::run(args),
     }
 }

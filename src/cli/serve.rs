@@ -1,0 +1,151 @@
+//! `corral serve`: the whole service in one process: the gateway (HTTP API, SQLite store,
+//! dispatcher, webhooks) and one in-process worker node on the real sandbox, joined by the same
+//! protocol messages that cross the network between machines.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Args;
+use corral_gateway::{Config, Gateway, SqliteStore, Store};
+use corral_sandbox::{Sandbox, SandboxConfig};
+use corral_worker::{serve_node, SandboxExecutor, Worker, WorkerConfig};
+
+use super::units::parse_size;
+
+/// `corral serve` flags.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0: any free port; the chosen one is printed).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Where the job store lives.
+    #[arg(long, default_value = "./corral-data")]
+    pub data_dir: PathBuf,
+    /// Sandbox slots (jobs at once); default: one per CPU.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub slots: Option<u32>,
+    /// Largest request body.
+    #[arg(long, value_parser = parse_size, default_value = "10M")]
+    pub max_body: u64,
+    /// The sandbox's state directory.
+    #[arg(long, default_value = "/run/corral")]
+    pub state_dir: PathBuf,
+    /// Cgroup (under each hierarchy's root) holding the slot cgroups.
+    #[arg(long, default_value = "corral")]
+    pub cgroup_parent: String,
+    /// First uid of the slots' range (8192 uids from it must belong to nobody else).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub uid_base: u32,
+    /// Directory of language definitions (`*.toml`) instead of the built-in ones.
+    #[arg(long)]
+    pub languages: Option<PathBuf>,
+}
+
+/// Runs the service until SIGINT or SIGTERM.
+pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
+    let store = Arc::new(
+        SqliteStore::open(&args.data_dir)
+            .with_context(|| format!("opening the store in {}", args.data_dir.display()))?,
+    );
+    let sandbox = start_sandbox(&args)?;
+    let languages = match &args.languages {
+        Some(dir) => corral_images::language::LanguageSet::load_dir(dir)
+            .with_context(|| format!("loading languages from {}", dir.display()))?,
+        None => corral_images::language::LanguageSet::builtin(),
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let registry = prometheus::Registry::new();
+        let config = Config {
+            max_body_bytes: usize::try_from(args.max_body).unwrap_or(usize::MAX),
+            ..Config::default()
+        };
+        let tenants = store.list_tenants()?.len();
+        let gateway = Gateway::start(config, store as Arc<dyn Store>, registry.clone()).await?;
+        let executor = Arc::new(SandboxExecutor::new(sandbox));
+        let worker = Worker::new(
+            WorkerConfig::new(node_name()),
+            executor,
+            languages,
+            &registry,
+        )?;
+        let (to_gateway, from_node) = tokio::sync::mpsc::channel(1024);
+        let (to_node, from_gateway) = tokio::sync::mpsc::channel(1024);
+        gateway.dispatcher().connect(to_node, from_node);
+        tokio::spawn(async move {
+            if let Err(e) = serve_node(worker, to_gateway, from_gateway).await {
+                tracing::error!(error = %e, "worker node stopped");
+            }
+        });
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("listening on {}", args.listen))?;
+        let addr = listener.local_addr()?;
+        println!("corral: listening on http://{addr}");
+        if tenants == 0 {
+            println!(
+                "corral: no tenants yet; create one with `corral tenant create NAME --data-dir {}`",
+                args.data_dir.display()
+            );
+        }
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = axum::serve(listener, gateway.router()).with_graceful_shutdown(async {
+            let _ = stopped.await;
+        });
+        let server = tokio::spawn(std::future::IntoFuture::into_future(server));
+        shutdown_signal().await;
+        let _ = stop.send(());
+        // Open event streams and long waits would hold a graceful shutdown forever: give them a
+        // few seconds, then close them.
+        match tokio::time::timeout(std::time::Duration::from_secs(5), server).await {
+            Ok(result) => result
+                .context("HTTP server task")?
+                .context("serving HTTP")?,
+            Err(_) => eprintln!("corral: closing connections still open"),
+        }
+        println!("corral: stopped; unfinished jobs run again at the next start");
+        anyhow::Ok(())
+    })?;
+    // Jobs still running are abandoned here: the store has them as `running`, and the next start
+    // queues them again (their sandboxes are torn down as the process exits).
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    Ok(0)
+}
+
+fn start_sandbox(args: &ServeArgs) -> anyhow::Result<Sandbox> {
+    let mut config = SandboxConfig::host_defaults()?;
+    if let Some(slots) = args.slots {
+        config.slots = slots as usize;
+    }
+    config.state_dir = args.state_dir.clone();
+    config.cgroup_parent = args.cgroup_parent.clone();
+    config.uid_base = args.uid_base;
+    Sandbox::new(config).context("starting the sandbox (needs root)")
+}
+
+fn node_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "local".to_string())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    eprintln!("corral: shutting down");
+}
