@@ -34,18 +34,9 @@ pub fn lease_slots(dir: &Path, count: usize) -> Result<Vec<Lease>, Error> {
         if leases.len() == count {
             break;
         }
-        let path = dir.join(format!("{index}.lock"));
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(state_err(&path))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => continue,
-            Err(TryLockError::Error(e)) => return Err(state_err(&path)(e)),
-        }
+        let Some(lock) = lock_index(dir, index)? else {
+            continue;
+        };
         let slot_dir = dir.join(index.to_string());
         std::fs::create_dir_all(&slot_dir).map_err(state_err(&slot_dir))?;
         leases.push(Lease {
@@ -61,6 +52,27 @@ pub fn lease_slots(dir: &Path, count: usize) -> Result<Vec<Lease>, Error> {
         )));
     }
     Ok(leases)
+}
+
+/// Lock slot `index` if no live process holds it, without leasing it for jobs: for cleaning up
+/// what a crashed holder left (see `cgroup::sweep`). Dropping the file releases it.
+pub fn lock_index(dir: &Path, index: usize) -> Result<Option<File>, Error> {
+    let path = dir.join(format!("{index}.lock"));
+    let state_err = |source| Error::StateDir {
+        path: path.clone(),
+        source,
+    };
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(state_err)?;
+    match lock.try_lock() {
+        Ok(()) => Ok(Some(lock)),
+        Err(TryLockError::WouldBlock) => Ok(None),
+        Err(TryLockError::Error(e)) => Err(state_err(e)),
+    }
 }
 
 #[cfg(test)]
@@ -79,5 +91,16 @@ mod tests {
         let third = lease_slots(dir.path(), 2).unwrap();
         assert_eq!(third.iter().map(|l| l.index).collect::<Vec<_>>(), [0, 1]);
         assert!(dir.path().join("0").is_dir());
+    }
+
+    #[test]
+    fn only_indexes_no_one_holds_can_be_locked_for_cleaning() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = lease_slots(dir.path(), 1).unwrap();
+        assert!(lock_index(dir.path(), 0).unwrap().is_none());
+        let free = lock_index(dir.path(), 1).unwrap().expect("index 1 is free");
+        assert_eq!(lease_slots(dir.path(), 1).unwrap()[0].index, 2);
+        drop((held, free));
+        assert!(lock_index(dir.path(), 0).unwrap().is_some());
     }
 }

@@ -171,7 +171,9 @@ impl Sandbox {
             ));
         }
         let version = cgroup::detect()?;
-        let leases = lease::lease_slots(&config.state_dir.join("slots"), config.slots)?;
+        let slots_dir = config.state_dir.join("slots");
+        let leases = lease::lease_slots(&slots_dir, config.slots)?;
+        sweep_leftovers(version, &config.cgroup_parent, &slots_dir)?;
         let uids = config.uid_base..config.uid_base + MAX_SLOTS as u32;
         let host = host::prepare(&config.state_dir.join("images/host"), uids)?;
         let mut slots = Vec::with_capacity(config.slots);
@@ -263,6 +265,32 @@ impl Drop for Sandbox {
             }
         }
     }
+}
+
+/// Remove the slot cgroups under `parent` that no live process leases: a crashed predecessor's, or
+/// ones a `keep_cgroups` process left behind. Each is claimed by locking its lease while it is
+/// emptied and removed, so a slot another live process holds is never touched; the slots this
+/// process just leased are locked already, hence skipped (`Sandbox::new` cleans those itself).
+/// Names other than `slot-<index>` are left alone.
+fn sweep_leftovers(
+    version: cgroup::Version,
+    parent: &str,
+    slots_dir: &std::path::Path,
+) -> Result<(), Error> {
+    let swept = cgroup::sweep(version, parent, |name| {
+        let index: usize = name.strip_prefix("slot-")?.parse().ok()?;
+        if index >= MAX_SLOTS || name != format!("slot-{index}") {
+            return None;
+        }
+        lease::lock_index(slots_dir, index).unwrap_or_else(|error| {
+            tracing::warn!(%error, "locking a slot lease to sweep its cgroup");
+            None
+        })
+    })?;
+    if swept > 0 {
+        tracing::info!(swept, parent, "removed leftover slot cgroups");
+    }
+    Ok(())
 }
 
 /// A pipe whose read end is a job's stdin ([`Stdin::Pipe`]) and whose write end the caller feeds.

@@ -80,48 +80,6 @@ fn write_zero(files: &[PathBuf]) -> Result<(), String> {
     Ok(())
 }
 
-/// The files that move this process back into its own cgroups, for each hierarchy the slot uses.
-fn home_files(slot_files: &[PathBuf]) -> Result<Vec<PathBuf>, Error> {
-    let err = |source| Error::StateDir {
-        path: "/proc/self/cgroup".into(),
-        source,
-    };
-    let own = std::fs::read_to_string("/proc/self/cgroup").map_err(err)?;
-    let mut home = Vec::new();
-    for file in slot_files {
-        // <root>/<hierarchy>/<parent>/<slot>/<file>: the hierarchy's directory name under /sys/fs/cgroup.
-        let name = file.file_name().unwrap_or_default();
-        let rel = file.strip_prefix("/sys/fs/cgroup").unwrap_or(file);
-        let hierarchy = rel
-            .components()
-            .next()
-            .map(|c| c.as_os_str().to_string_lossy().into_owned());
-        let line = own.lines().find_map(|l| {
-            let mut parts = l.splitn(3, ':');
-            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-            match &hierarchy {
-                Some(h) if controllers.split(',').any(|c| c == h) => Some((Some(h.clone()), path)),
-                _ if controllers.is_empty() && rel.components().count() == 3 => Some((None, path)),
-                _ => None,
-            }
-        });
-        let Some((dir, path)) = line else {
-            return Err(err(std::io::Error::other(format!(
-                "no own cgroup for {}",
-                file.display()
-            ))));
-        };
-        let mut back = PathBuf::from("/sys/fs/cgroup");
-        if let Some(dir) = dir {
-            back.push(dir);
-        }
-        back.push(path.trim_start_matches('/'));
-        back.push(name);
-        home.push(back);
-    }
-    Ok(home)
-}
-
 /// One slot of the pool.
 pub(crate) struct Slot {
     /// Position in the pool.
@@ -149,7 +107,7 @@ impl Slot {
         cgroup: Box<dyn SlotCgroup>,
         netns: Option<PathBuf>,
     ) -> Result<Slot, Error> {
-        let home_files = home_files(&cgroup.self_attach_files())?;
+        let home_files = cgroup.home_attach_files()?;
         Ok(Slot {
             index: lease.index,
             uid: uid_base + lease.index as u32,

@@ -1,143 +1,324 @@
-//! THROWAWAY local placeholder (not committed): replaced by the cgroup branch.
-use std::path::PathBuf;
+//! Slot cgroups on cgroup v1 and v2: one cgroup per slot under a configurable parent, created once
+//! and reused across jobs (limits rewritten before each job, counters read as deltas), holding the
+//! slot's spawner between jobs.
+//!
+//! Every controller takes the directory it works on, so the whole module runs against fixture trees
+//! in tests. Limits are written through `cgroups-rs` controllers (`MemController`, `PidController`,
+//! `CpuController`, `FreezerController`), which accept any path. Reads go through a thin file layer
+//! here instead: the crate's readers turn a missing or unreadable file into 0 or an empty list, and a
+//! supervisor that took "0 oom kills" or "no processes left" from a failed read would report a
+//! wrong verdict or leave processes running. The crate's hierarchy-level API (`Cgroup`, `auto()`,
+//! `Cgroup::kill`, subtree control) is hard-wired to `/sys/fs/cgroup` and `/proc/self/mountinfo`,
+//! so detection, `cgroup.kill` and `cgroup.subtree_control` are written here too.
+//!
+//! # Layout
+//!
+//! - `mounts`: where the hierarchies are mounted (a pure parser of `/proc/self/mountinfo`) and
+//!   which one to use; this process's own cgroups from `/proc/self/cgroup`.
+//! - `v1`: memory, pids, cpu, cpuacct and freezer hierarchies; whole-tree kill by freezing.
+//! - `v2`: one directory in the unified hierarchy; kill with `cgroup.kill`.
+//! - `kill`: the freeze / SIGKILL / thaw loop of v1, over a small trait so its logic is tested.
+//! - `files`: reading and parsing cgroup files with errors that name the file.
+
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+mod files;
+mod kill;
+mod mounts;
+mod v1;
+mod v2;
+
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod tests_privileged;
+
+/// How long `kill_all` (and the emptying part of `remove`) may take before giving up.
+const KILL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A cgroup operation failed. Each variant names the operation and the file or directory.
 #[derive(Debug, thiserror::Error)]
-#[error("cgroup {path}: {source}")]
-pub struct CgroupError {
-    path: PathBuf,
-    source: std::io::Error,
+pub enum CgroupError {
+    /// `/proc/self/mountinfo` (or `/proc/self/cgroup`) could not be read.
+    #[error("reading cgroup mounts from {path}: {source}")]
+    ReadMounts {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// No hierarchy has the controllers the sandbox needs.
+    #[error("no usable cgroup hierarchy: {reason}")]
+    NoHierarchy {
+        /// What is missing.
+        reason: String,
+    },
+    /// A cgroup parent or slot name is not a plain relative path.
+    #[error("invalid cgroup name {name:?}: must be a relative path without `.` or `..`")]
+    InvalidName {
+        /// The name.
+        name: String,
+    },
+    /// Creating a cgroup directory failed.
+    #[error("creating cgroup {path}: {source}")]
+    Create {
+        /// The directory.
+        path: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// Enabling controllers for child cgroups (v2 `cgroup.subtree_control`) failed.
+    #[error("enabling controllers {controllers} in {path}: {source}")]
+    EnableControllers {
+        /// The `cgroup.subtree_control` file.
+        path: PathBuf,
+        /// What was written.
+        controllers: String,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// A hierarchy lacks a controller or file the operation needs.
+    #[error("{path} lacks {what}")]
+    Unsupported {
+        /// The cgroup directory.
+        path: PathBuf,
+        /// The missing controller or file.
+        what: &'static str,
+    },
+    /// Writing a limit failed.
+    #[error("setting limit {path} to {value}: {source}")]
+    SetLimit {
+        /// The limit file.
+        path: PathBuf,
+        /// The value written.
+        value: String,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// Moving a process into the cgroup failed.
+    #[error("moving pid {pid} into {path}: {source}")]
+    AddProcess {
+        /// The `cgroup.procs` file.
+        path: PathBuf,
+        /// The process.
+        pid: u32,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// Resetting the peak memory counter failed.
+    #[error("resetting peak memory {path}: {source}")]
+    ResetPeak {
+        /// The counter file.
+        path: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// Reading a cgroup file failed.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// A cgroup file did not hold what the kernel documents.
+    #[error("parsing {path}: unexpected contents {text:?}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What it held (trimmed to a short prefix).
+        text: String,
+    },
+    /// Freezing or thawing the cgroup failed.
+    #[error("writing freezer state {state} to {path}: {source}")]
+    Freeze {
+        /// The freezer file.
+        path: PathBuf,
+        /// The state written.
+        state: &'static str,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// Signalling or killing the cgroup's processes failed.
+    #[error("killing the processes of {path}: {source}")]
+    Kill {
+        /// The cgroup directory (or its `cgroup.kill`).
+        path: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// Processes were still in the cgroup when the kill deadline passed.
+    #[error("processes {pids:?} still in {path} after {waited:?} of killing")]
+    KillTimeout {
+        /// The cgroup directory.
+        path: PathBuf,
+        /// What was left.
+        pids: Vec<u32>,
+        /// How long it tried.
+        waited: Duration,
+    },
+    /// Removing a cgroup directory failed.
+    #[error("removing cgroup {path}: {source}")]
+    Remove {
+        /// The directory.
+        path: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
 }
+
+/// What a slot's cgroup enforces for the next job.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CgroupLimits {
+    /// Memory, RAM and swap together.
     pub memory_bytes: u64,
+    /// Processes and threads at once (including the job's PID 1 and the slot's spawner).
     pub pids: u64,
+    /// CPU bandwidth cap; `None` removes any cap a previous job had.
     pub cpu_quota: Option<CpuQuota>,
 }
+
+/// CFS bandwidth: `quota_us` of CPU time per `period_us` of wall time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CpuQuota {
+    /// CPU time per period, in microseconds.
     pub quota_us: u64,
+    /// The period, in microseconds.
     pub period_us: u64,
 }
-#[derive(Debug, Clone, Copy, Default)]
+
+/// Counters of a slot cgroup. `cpu_ns` and `oom_kills` are cumulative over the cgroup's life (read
+/// them before and after a job); `memory_peak_bytes` is the peak since the last `reset_peak`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
+    /// CPU time of every task that ran in the cgroup, in nanoseconds.
     pub cpu_ns: u64,
+    /// Highest memory use since the last reset, in bytes.
     pub memory_peak_bytes: u64,
+    /// Times the OOM killer killed a task of the cgroup.
     pub oom_kills: u64,
 }
-#[derive(Debug, Clone, Copy)]
+
+/// Which cgroup interface the host offers for the sandbox's controllers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Version {
+    /// One hierarchy per controller (or group of co-mounted controllers).
     V1,
+    /// The unified hierarchy with the memory and pids controllers available.
     V2,
 }
+
+/// One slot's cgroup (on v1, its directory in each hierarchy the sandbox uses).
 pub trait SlotCgroup: Send + Sync {
+    /// Write the limits for the next job. On v1 the memory limit is written before the equal
+    /// memory+swap limit (or after it, when raising).
     fn set_limits(&self, limits: &CgroupLimits) -> Result<(), CgroupError>;
+    /// Move a process (all its threads) into the cgroup.
     fn add_process(&self, pid: u32) -> Result<(), CgroupError>;
+    /// Files a process writes "0" to in order to join the cgroup itself (v1 `tasks`, which is
+    /// cheaper for a single-threaded process, or v2 `cgroup.procs`).
     fn self_attach_files(&self) -> Vec<PathBuf>;
+    /// The files that move the calling process back into the cgroups it is in now, one per entry
+    /// of [`SlotCgroup::self_attach_files`].
+    fn home_attach_files(&self) -> Result<Vec<PathBuf>, CgroupError>;
+    /// Start a new peak-memory measurement.
     fn reset_peak(&self) -> Result<(), CgroupError>;
+    /// Cumulative CPU time of the cgroup, in nanoseconds (cheap: polled while a job runs).
     fn cpu_usage_ns(&self) -> Result<u64, CgroupError>;
+    /// All counters.
     fn usage(&self) -> Result<Usage, CgroupError>;
+    /// Every process in the cgroup, sorted (the slot's spawner included).
     fn pids(&self) -> Result<Vec<u32>, CgroupError>;
+    /// Kill every process in the cgroup (the spawner included) and wait until it is empty.
     fn kill_all(&self) -> Result<(), CgroupError>;
+    /// Kill everything in it and remove the cgroup's directories.
     fn remove(&self) -> Result<(), CgroupError>;
 }
-struct V1 {
-    dirs: Vec<(String, PathBuf)>,
-}
-fn w(p: PathBuf, v: &str) -> Result<(), CgroupError> {
-    std::fs::write(&p, v).map_err(|source| CgroupError { path: p, source })
-}
-fn r(p: PathBuf) -> Result<String, CgroupError> {
-    std::fs::read_to_string(&p).map_err(|source| CgroupError { path: p, source })
-}
-impl V1 {
-    fn d(&self, c: &str) -> PathBuf {
-        self.dirs.iter().find(|(n, _)| n == c).unwrap().1.clone()
-    }
-}
-impl SlotCgroup for V1 {
-    fn set_limits(&self, l: &CgroupLimits) -> Result<(), CgroupError> {
-        let m = self.d("memory");
-        let _ = w(m.join("memory.memsw.limit_in_bytes"), "-1");
-        w(m.join("memory.limit_in_bytes"), &l.memory_bytes.to_string())?;
-        w(
-            m.join("memory.memsw.limit_in_bytes"),
-            &l.memory_bytes.to_string(),
-        )?;
-        w(self.d("pids").join("pids.max"), &l.pids.to_string())
-    }
-    fn add_process(&self, pid: u32) -> Result<(), CgroupError> {
-        for (_, d) in &self.dirs {
-            w(d.join("cgroup.procs"), &pid.to_string())?;
-        }
-        Ok(())
-    }
-    fn self_attach_files(&self) -> Vec<PathBuf> {
-        self.dirs.iter().map(|(_, d)| d.join("tasks")).collect()
-    }
-    fn reset_peak(&self) -> Result<(), CgroupError> {
-        w(self.d("memory").join("memory.max_usage_in_bytes"), "0")
-    }
-    fn cpu_usage_ns(&self) -> Result<u64, CgroupError> {
-        Ok(r(self.d("cpuacct").join("cpuacct.usage"))?
-            .trim()
-            .parse()
-            .unwrap_or(0))
-    }
-    fn usage(&self) -> Result<Usage, CgroupError> {
-        let oom = r(self.d("memory").join("memory.oom_control"))?;
-        let oom_kills = oom
-            .lines()
-            .find_map(|l| l.strip_prefix("oom_kill "))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0);
-        Ok(Usage {
-            cpu_ns: self.cpu_usage_ns()?,
-            memory_peak_bytes: r(self.d("memory").join("memory.max_usage_in_bytes"))?
-                .trim()
-                .parse()
-                .unwrap_or(0),
-            oom_kills,
-        })
-    }
-    fn pids(&self) -> Result<Vec<u32>, CgroupError> {
-        Ok(r(self.d("pids").join("cgroup.procs"))?
-            .lines()
-            .filter_map(|l| l.parse().ok())
-            .collect())
-    }
-    fn kill_all(&self) -> Result<(), CgroupError> {
-        for p in self.pids()? {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(p as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        Ok(())
-    }
-    fn remove(&self) -> Result<(), CgroupError> {
-        self.kill_all()?;
-        for (_, d) in &self.dirs {
-            let _ = std::fs::remove_dir(d);
-        }
-        Ok(())
-    }
-}
+
+/// Which cgroup version this host offers: v2 when the unified hierarchy has the memory and pids
+/// controllers, else v1 when memory, pids, cpuacct and freezer are mounted.
 pub fn detect() -> Result<Version, CgroupError> {
-    Ok(Version::V1)
+    Ok(mounts::Layout::probe(None)?.version())
 }
+
+/// Open (creating as needed) the cgroup `<parent>/<slot>` in the hierarchies of `version`.
 pub fn open_slot(
-    _v: Version,
+    version: Version,
     parent: &str,
     slot: &str,
 ) -> Result<Box<dyn SlotCgroup>, CgroupError> {
-    let mut dirs = vec![];
-    for c in ["memory", "pids", "cpuacct", "cpu", "freezer"] {
-        let d = PathBuf::from(format!("/sys/fs/cgroup/{c}/{parent}/{slot}"));
-        std::fs::create_dir_all(&d).map_err(|source| CgroupError {
-            path: d.clone(),
-            source,
-        })?;
-        dirs.push((c.to_string(), d));
-    }
-    Ok(Box::new(V1 { dirs }))
+    let layout = mounts::Layout::probe(Some(version))?;
+    open_in(&layout, parent, slot)
 }
-pub fn sweep(_v: Version, _parent: &str) -> Result<usize, CgroupError> {
-    Ok(0)
+
+fn open_in(
+    layout: &mounts::Layout,
+    parent: &str,
+    slot: &str,
+) -> Result<Box<dyn SlotCgroup>, CgroupError> {
+    let rel = cgroup_path(parent, Some(slot))?;
+    Ok(match layout {
+        mounts::Layout::V1(m) => Box::new(v1::V1Slot::open(m, &rel, KILL_TIMEOUT)?),
+        mounts::Layout::V2(m) => Box::new(v2::V2Slot::open(m, &rel, KILL_TIMEOUT)?),
+    })
+}
+
+/// Remove the cgroups under `<parent>` that a crashed process left behind. Each child cgroup's
+/// name is passed to `claim`; only when it returns a guard (a lease on that slot, proving no live
+/// process uses it) is the cgroup emptied and removed, while the guard is held. Failures are
+/// logged and skipped: a leftover must not stop the sandbox from starting. Returns how many
+/// cgroups were removed.
+pub fn sweep<G>(
+    version: Version,
+    parent: &str,
+    claim: impl FnMut(&str) -> Option<G>,
+) -> Result<usize, CgroupError> {
+    let layout = mounts::Layout::probe(Some(version))?;
+    sweep_in(&layout, parent, claim)
+}
+
+fn sweep_in<G>(
+    layout: &mounts::Layout,
+    parent: &str,
+    mut claim: impl FnMut(&str) -> Option<G>,
+) -> Result<usize, CgroupError> {
+    let parent_rel = cgroup_path(parent, None)?;
+    let mut removed = 0;
+    for name in layout.children(&parent_rel)? {
+        let Some(guard) = claim(&name) else {
+            continue;
+        };
+        let result = open_in(layout, parent, &name).and_then(|cg| {
+            if !cg.pids()?.is_empty() {
+                tracing::warn!(cgroup = %name, "killing processes a crashed run left");
+            }
+            cg.remove()
+        });
+        drop(guard);
+        match result {
+            Ok(()) => removed += 1,
+            Err(error) => tracing::warn!(cgroup = %name, %error, "sweeping a leftover cgroup"),
+        }
+    }
+    Ok(removed)
+}
+
+/// `<parent>/<slot>` (or `<parent>` alone) as a relative path, refusing empty names, absolute
+/// paths, `.` and `..`.
+fn cgroup_path(parent: &str, slot: Option<&str>) -> Result<PathBuf, CgroupError> {
+    let mut rel = PathBuf::new();
+    for name in std::iter::once(parent).chain(slot) {
+        let invalid = || CgroupError::InvalidName { name: name.into() };
+        if name.is_empty() || name.contains('\n') {
+            return Err(invalid());
+        }
+        for c in Path::new(name).components() {
+            match c {
+                Component::Normal(part) => rel.push(part),
+                _ => return Err(invalid()),
+            }
+        }
+    }
+    Ok(rel)
 }

@@ -1,0 +1,127 @@
+//! The thin file layer under both versions: every failure names the file, and a value that does
+//! not parse is an error, never a silent 0 (which is what `cgroups-rs`'s readers return).
+
+use std::io::{ErrorKind, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::CgroupError;
+
+/// Longest poll interval while waiting for the kernel (freezing, emptying, removing).
+const MAX_POLL: Duration = Duration::from_millis(5);
+
+/// The whole file.
+pub(super) fn read(path: &Path) -> Result<String, CgroupError> {
+    std::fs::read_to_string(path).map_err(|source| CgroupError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// A file holding one unsigned number.
+pub(super) fn read_u64(path: &Path) -> Result<u64, CgroupError> {
+    let text = read(path)?;
+    text.trim()
+        .parse()
+        .map_err(|_| parse_error(path.to_path_buf(), &text))
+}
+
+/// The value of `key` in a flat keyed file (`key value` lines: `memory.events`, `cpu.stat`,
+/// `memory.oom_control`).
+pub(super) fn read_keyed(path: &Path, key: &str) -> Result<u64, CgroupError> {
+    let text = read(path)?;
+    parse_keyed(&text, key).ok_or_else(|| parse_error(path.to_path_buf(), &text))
+}
+
+pub(super) fn parse_keyed(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let (k, v) = line.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
+/// The pids listed in a `cgroup.procs` file.
+pub(super) fn read_pids(path: &Path) -> Result<Vec<u32>, CgroupError> {
+    let text = read(path)?;
+    text.lines()
+        .map(|l| l.trim().parse())
+        .collect::<Result<Vec<u32>, _>>()
+        .map_err(|_| parse_error(path.to_path_buf(), &text))
+}
+
+/// Write to an existing file (never creates one: on cgroupfs every file exists, and in fixture
+/// trees a write to a file the kernel would not have must fail the test). Truncating is a no-op on
+/// cgroupfs and leaves exactly the last value in a fixture.
+pub(super) fn write(path: &Path, value: &str) -> std::io::Result<()> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)?
+        .write_all(value.as_bytes())
+}
+
+/// The I/O error inside a `cgroups-rs` error (keeping errno), or the error itself as text.
+pub(super) fn io_error(e: cgroups_rs::fs::error::Error) -> std::io::Error {
+    let cause = std::error::Error::source(&e).and_then(|s| s.downcast_ref::<std::io::Error>());
+    match cause {
+        Some(io) => match io.raw_os_error() {
+            Some(errno) => std::io::Error::from_raw_os_error(errno),
+            None => std::io::Error::new(io.kind(), io.to_string()),
+        },
+        None => std::io::Error::other(e.to_string()),
+    }
+}
+
+pub(super) fn parse_error(path: PathBuf, text: &str) -> CgroupError {
+    CgroupError::Parse {
+        path,
+        text: text.chars().take(120).collect(),
+    }
+}
+
+/// Create a cgroup directory and its missing parents.
+pub(super) fn create_dir(path: &Path) -> Result<(), CgroupError> {
+    std::fs::create_dir_all(path).map_err(|source| CgroupError::Create {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Remove a cgroup directory (already gone is fine). The kernel refuses (EBUSY) while a task that
+/// was just killed is still being torn down, so that is retried until `deadline`.
+pub(super) fn remove_dir(path: &Path, deadline: Instant) -> Result<(), CgroupError> {
+    let busy = || std::io::Error::from_raw_os_error(libc::EBUSY);
+    let removed = poll_until(deadline, || match std::fs::remove_dir(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Ok(false),
+        Err(e) => Err(e),
+    });
+    match removed {
+        Ok(true) => Ok(()),
+        Ok(false) | Err(_) => Err(CgroupError::Remove {
+            path: path.to_path_buf(),
+            source: removed.err().unwrap_or_else(busy),
+        }),
+    }
+}
+
+/// Call `done` until it returns true or `deadline` passes, sleeping a little more each time (from
+/// 100 µs to [`MAX_POLL`]). Returns the last answer.
+pub(super) fn poll_until<E>(
+    deadline: Instant,
+    mut done: impl FnMut() -> Result<bool, E>,
+) -> Result<bool, E> {
+    let mut pause = Duration::from_micros(100);
+    loop {
+        if done()? {
+            return Ok(true);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(false);
+        }
+        std::thread::sleep(pause.min(deadline - now));
+        pause = (pause * 2).min(MAX_POLL);
+    }
+}

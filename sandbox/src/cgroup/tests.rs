@@ -1,0 +1,644 @@
+//! Detection, limits, counters and kill logic against fixture trees of both cgroup versions.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::mounts::{self, Layout};
+use super::v1::memsw_first;
+use super::v2::{fallback_peak, V2Slot};
+use super::*;
+
+/// This machine: v1 with cpu and cpuacct mounted separately, and a v2 mount with no controllers.
+const MOUNTINFO_V1_SPLIT: &str = "\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+33 31 0:30 / /sys/fs/cgroup/cpuacct rw,relatime - cgroup cgroup rw,cpuacct
+34 31 0:31 / /sys/fs/cgroup/cpuset rw,relatime - cgroup cgroup rw,cpuset
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+37 31 0:34 / /sys/fs/cgroup/freezer rw,relatime - cgroup cgroup rw,freezer
+39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
+40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+
+/// A systemd "hybrid" host: cpu and cpuacct co-mounted, an empty unified hierarchy.
+const MOUNTINFO_V1_COMBINED: &str = "\
+25 30 0:22 / /sys/fs/cgroup ro,nosuid,nodev,noexec shared:9 - tmpfs tmpfs ro,mode=755
+26 25 0:23 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime shared:10 - cgroup2 cgroup2 rw,nsdelegate
+27 25 0:24 / /sys/fs/cgroup/systemd rw,nosuid,nodev,noexec,relatime shared:11 - cgroup cgroup rw,xattr,name=systemd
+30 25 0:27 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid,nodev,noexec,relatime shared:14 - cgroup cgroup rw,cpu,cpuacct
+31 25 0:28 / /sys/fs/cgroup/memory rw,nosuid,nodev,noexec,relatime shared:15 - cgroup cgroup rw,memory
+32 25 0:29 / /sys/fs/cgroup/pids rw,nosuid,nodev,noexec,relatime shared:16 - cgroup cgroup rw,pids
+33 25 0:30 / /sys/fs/cgroup/freezer rw,nosuid,nodev,noexec,relatime shared:17 - cgroup cgroup rw,freezer
+";
+
+/// A pure v2 host.
+const MOUNTINFO_V2: &str = "\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+35 24 0:30 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:9 - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot
+";
+
+fn put(path: &Path, contents: &str) {
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(path, contents).unwrap();
+}
+
+fn get(path: &Path) -> String {
+    fs::read_to_string(path).unwrap()
+}
+
+const UNLIMITED: &str = "9223372036854771712\n";
+
+/// A v1 fixture tree laid out as `mountinfo` says, with `corral-test/slot-0` already holding the
+/// files the kernel creates.
+struct V1Fixture {
+    root: tempfile::TempDir,
+    layout: Layout,
+}
+
+impl V1Fixture {
+    fn new(mountinfo: &str, memsw: bool) -> V1Fixture {
+        let root = tempfile::tempdir().unwrap();
+        put(
+            &root.path().join("sys/fs/cgroup/unified/cgroup.controllers"),
+            "",
+        );
+        let layout = Layout::find(mountinfo, root.path(), None).unwrap();
+        let Layout::V1(m) = &layout else {
+            panic!("expected v1, got {layout:?}")
+        };
+        for mount in m.unique() {
+            let dir = mount.point.join("corral-test/slot-0");
+            put(&dir.join("cgroup.procs"), "");
+            put(&dir.join("tasks"), "");
+        }
+        let dir = |m: &mounts::CgroupMount| m.point.join("corral-test/slot-0");
+        let mem = dir(&m.memory);
+        put(&mem.join("memory.limit_in_bytes"), UNLIMITED);
+        if memsw {
+            put(&mem.join("memory.memsw.limit_in_bytes"), UNLIMITED);
+        }
+        put(&mem.join("memory.max_usage_in_bytes"), "52953088\n");
+        put(
+            &mem.join("memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n",
+        );
+        put(&dir(&m.pids).join("pids.max"), "max\n");
+        put(&dir(&m.cpuacct).join("cpuacct.usage"), "123456789\n");
+        if let Some(cpu) = &m.cpu {
+            put(&dir(cpu).join("cpu.cfs_quota_us"), "-1\n");
+            put(&dir(cpu).join("cpu.cfs_period_us"), "100000\n");
+        }
+        put(&dir(&m.freezer).join("freezer.state"), "THAWED\n");
+        V1Fixture { root, layout }
+    }
+
+    fn slot(&self, hierarchy: &str) -> PathBuf {
+        self.root
+            .path()
+            .join("sys/fs/cgroup")
+            .join(hierarchy)
+            .join("corral-test/slot-0")
+    }
+
+    fn open(&self) -> Box<dyn SlotCgroup> {
+        open_in(&self.layout, "corral-test", "slot-0").unwrap()
+    }
+}
+
+#[test]
+fn detects_this_hosts_v1_layout_with_split_cpu_and_cpuacct() {
+    let fx = V1Fixture::new(MOUNTINFO_V1_SPLIT, true);
+    let Layout::V1(m) = &fx.layout else {
+        unreachable!()
+    };
+    let base = fx.root.path().join("sys/fs/cgroup");
+    assert_eq!(m.memory.point, base.join("memory"));
+    assert_eq!(m.cpuacct.point, base.join("cpuacct"));
+    assert_eq!(m.cpu.as_ref().unwrap().point, base.join("cpu"));
+    let points: Vec<&Path> = m.unique().iter().map(|m| m.point.as_path()).collect();
+    let names = ["memory", "pids", "cpuacct", "cpu", "freezer"];
+    assert_eq!(
+        points,
+        names
+            .map(|n| base.join(n))
+            .iter()
+            .map(PathBuf::as_path)
+            .collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn detects_co_mounted_cpu_and_cpuacct_as_one_hierarchy() {
+    let fx = V1Fixture::new(MOUNTINFO_V1_COMBINED, true);
+    let Layout::V1(m) = &fx.layout else {
+        unreachable!()
+    };
+    let combined = fx.root.path().join("sys/fs/cgroup/cpu,cpuacct");
+    assert_eq!(m.cpuacct.point, combined);
+    assert_eq!(m.cpu.as_ref().unwrap().point, combined);
+    assert_eq!(m.unique().len(), 4);
+    let attach = fx.open().self_attach_files();
+    assert_eq!(attach.len(), 4);
+    assert!(attach.contains(&fx.slot("cpu,cpuacct").join("tasks")));
+}
+
+#[test]
+fn detects_v2_only_when_the_unified_hierarchy_has_memory_and_pids() {
+    let root = tempfile::tempdir().unwrap();
+    let controllers = root.path().join("sys/fs/cgroup/cgroup.controllers");
+    put(
+        &controllers,
+        "cpuset cpu io memory hugetlb pids rdma misc\n",
+    );
+    let layout = Layout::find(MOUNTINFO_V2, root.path(), None).unwrap();
+    assert_eq!(layout.version(), Version::V2);
+    assert_eq!(layout.mounts()[0].point, root.path().join("sys/fs/cgroup"));
+
+    put(&controllers, "cpuset cpu io memory\n");
+    let err = Layout::find(MOUNTINFO_V2, root.path(), None).unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, CgroupError::NoHierarchy { .. }), "{text}");
+    assert!(
+        text.contains("lacks the memory or pids") && text.contains("no v1 hierarchy for memory"),
+        "{text}"
+    );
+}
+
+#[test]
+fn an_empty_unified_mount_next_to_v1_means_v1_and_versions_can_be_forced() {
+    let root = tempfile::tempdir().unwrap();
+    put(
+        &root.path().join("sys/fs/cgroup/unified/cgroup.controllers"),
+        "\n",
+    );
+    let layout = Layout::find(MOUNTINFO_V1_SPLIT, root.path(), None).unwrap();
+    assert_eq!(layout.version(), Version::V1);
+    assert!(Layout::find(MOUNTINFO_V1_SPLIT, root.path(), Some(Version::V2)).is_err());
+
+    put(
+        &root.path().join("sys/fs/cgroup/unified/cgroup.controllers"),
+        "memory pids\n",
+    );
+    let hybrid = Layout::find(MOUNTINFO_V1_SPLIT, root.path(), None).unwrap();
+    assert_eq!(hybrid.version(), Version::V2);
+    let forced = Layout::find(MOUNTINFO_V1_SPLIT, root.path(), Some(Version::V1)).unwrap();
+    assert_eq!(forced.version(), Version::V1);
+}
+
+#[test]
+fn mountinfo_escapes_and_mount_roots_are_honoured() {
+    let text = "40 31 0:37 /lxc/box /sys/fs/cgroup/my\\040mem rw - cgroup cgroup rw,memory\n\
+                41 31 0:38 / /sys/fs/cgroup/bad - tmpfs tmpfs rw\n";
+    let mounts = mounts::parse_mountinfo(text, Path::new("/"));
+    assert_eq!(mounts.len(), 1);
+    let m = &mounts[0];
+    assert_eq!(m.point, Path::new("/sys/fs/cgroup/my mem"));
+    assert_eq!(m.root, Path::new("/lxc/box"));
+    let own = "4:memory:/lxc/box/job\n0::/\n";
+    assert_eq!(
+        m.own_dir(own).unwrap(),
+        Path::new("/sys/fs/cgroup/my mem/job")
+    );
+    assert_eq!(m.own_dir("4:memory:/elsewhere\n"), None);
+}
+
+#[test]
+fn home_files_come_from_proc_self_cgroup_for_both_layouts() {
+    let split = mounts::parse_mountinfo(MOUNTINFO_V1_SPLIT, Path::new("/"));
+    let own = "9:name=systemd:/\n4:memory:/process_api/3ba7\n2:cpuacct:/\n1:cpu:/\n0::/\n";
+    let memory = split.iter().find(|m| m.point.ends_with("memory")).unwrap();
+    let unified = split.iter().find(|m| m.unified).unwrap();
+    let homes = mounts::home_files(own, &[memory, unified], "tasks").unwrap();
+    assert_eq!(
+        homes[0],
+        Path::new("/sys/fs/cgroup/memory/process_api/3ba7/tasks")
+    );
+    assert_eq!(homes[1], Path::new("/sys/fs/cgroup/unified/tasks"));
+
+    let combined = mounts::parse_mountinfo(MOUNTINFO_V1_COMBINED, Path::new("/"));
+    let cpu = combined
+        .iter()
+        .find(|m| m.point.ends_with("cpu,cpuacct"))
+        .unwrap();
+    let own = "4:cpu,cpuacct:/user.slice\n0::/user.slice\n";
+    let homes = mounts::home_files(own, &[cpu], "tasks").unwrap();
+    assert_eq!(
+        homes,
+        [Path::new("/sys/fs/cgroup/cpu,cpuacct/user.slice/tasks")]
+    );
+    let freezer = combined
+        .iter()
+        .find(|m| m.point.ends_with("freezer"))
+        .unwrap();
+    assert!(mounts::home_files(own, &[freezer], "tasks").is_err());
+
+    let v2 = mounts::parse_mountinfo(MOUNTINFO_V2, Path::new("/"));
+    let own = "0::/system.slice/corral.service\n";
+    let homes = mounts::home_files(own, &[&v2[0]], "cgroup.procs").unwrap();
+    assert_eq!(
+        homes,
+        [Path::new(
+            "/sys/fs/cgroup/system.slice/corral.service/cgroup.procs"
+        )]
+    );
+}
+
+#[test]
+fn cgroup_names_must_be_plain_relative_paths() {
+    assert_eq!(
+        cgroup_path("corral", Some("slot-1")).unwrap(),
+        Path::new("corral/slot-1")
+    );
+    assert_eq!(cgroup_path("a/b", None).unwrap(), Path::new("a/b"));
+    for bad in ["", "../x", "/abs", "./x", "a/../b", "a\nb"] {
+        assert!(cgroup_path(bad, Some("slot-0")).is_err(), "{bad:?}");
+        assert!(cgroup_path("corral", Some(bad)).is_err(), "{bad:?}");
+    }
+}
+
+#[test]
+fn v1_limits_land_in_memory_memsw_pids_and_cpu() {
+    let fx = V1Fixture::new(MOUNTINFO_V1_SPLIT, true);
+    let cg = fx.open();
+    let limits = CgroupLimits {
+        memory_bytes: 64 << 20,
+        pids: 34,
+        cpu_quota: Some(CpuQuota {
+            quota_us: 50_000,
+            period_us: 100_000,
+        }),
+    };
+    cg.set_limits(&limits).unwrap();
+    let mem = fx.slot("memory");
+    assert_eq!(get(&mem.join("memory.limit_in_bytes")), "67108864");
+    assert_eq!(get(&mem.join("memory.memsw.limit_in_bytes")), "67108864");
+    assert_eq!(get(&fx.slot("pids").join("pids.max")), "34");
+    assert_eq!(get(&fx.slot("cpu").join("cpu.cfs_quota_us")), "50000");
+    assert_eq!(get(&fx.slot("cpu").join("cpu.cfs_period_us")), "100000");
+
+    // The next job has no quota: the previous one's must not stay.
+    cg.set_limits(&CgroupLimits {
+        cpu_quota: None,
+        ..limits
+    })
+    .unwrap();
+    assert_eq!(get(&fx.slot("cpu").join("cpu.cfs_quota_us")), "-1");
+}
+
+#[test]
+fn v1_memory_goes_before_memsw_unless_raising_above_it() {
+    // Lowering (or keeping): memory first, so memsw >= memory holds after each write.
+    assert!(!memsw_first(64 << 20, 9_223_372_036_854_771_712));
+    assert!(!memsw_first(64 << 20, 64 << 20));
+    // Raising above the current memsw limit: memsw first.
+    assert!(memsw_first(256 << 20, 64 << 20));
+
+    let fx = V1Fixture::new(MOUNTINFO_V1_SPLIT, true);
+    let mem = fx.slot("memory");
+    put(&mem.join("memory.limit_in_bytes"), "33554432\n");
+    put(&mem.join("memory.memsw.limit_in_bytes"), "33554432\n");
+    let limits = CgroupLimits {
+        memory_bytes: 256 << 20,
+        pids: 10,
+        cpu_quota: None,
+    };
+    fx.open().set_limits(&limits).unwrap();
+    assert_eq!(get(&mem.join("memory.limit_in_bytes")), "268435456");
+    assert_eq!(get(&mem.join("memory.memsw.limit_in_bytes")), "268435456");
+}
+
+#[test]
+fn v1_without_swap_accounting_writes_no_memsw_file() {
+    let fx = V1Fixture::new(MOUNTINFO_V1_SPLIT, false);
+    let limits = CgroupLimits {
+        memory_bytes: 1 << 30,
+        pids: 10,
+        cpu_quota: None,
+    };
+    fx.open().set_limits(&limits).unwrap();
+    let mem = fx.slot("memory");
+    assert_eq!(get(&mem.join("memory.limit_in_bytes")), "1073741824");
+    assert!(!mem.join("memory.memsw.limit_in_bytes").exists());
+}
+
+#[test]
+fn v1_quota_without_a_cpu_hierarchy_is_refused() {
+    let no_cpu: String = MOUNTINFO_V1_SPLIT
+        .lines()
+        .filter(|l| !l.ends_with("rw,cpu"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let fx = V1Fixture::new(&no_cpu, true);
+    let cg = fx.open();
+    let mut limits = CgroupLimits {
+        memory_bytes: 1 << 30,
+        pids: 10,
+        cpu_quota: Some(CpuQuota {
+            quota_us: 10_000,
+            period_us: 100_000,
+        }),
+    };
+    let err = cg.set_limits(&limits).unwrap_err();
+    assert!(matches!(err, CgroupError::Unsupported { .. }), "{err}");
+    limits.cpu_quota = None;
+    cg.set_limits(&limits).unwrap();
+}
+
+#[test]
+fn v1_usage_is_parsed_from_cpuacct_max_usage_and_oom_control() {
+    let fx = V1Fixture::new(MOUNTINFO_V1_SPLIT, true);
+    let cg = fx.open();
+    let usage = cg.usage().unwrap();
+    assert_eq!(
+        usage,
+        Usage {
+            cpu_ns: 123_456_789,
+            memory_peak_bytes: 52_953_088,
+            oom_kills: 3,
+        }
+    );
+    assert_eq!(cg.cpu_usage_ns().unwrap(), 123_456_789);
+    cg.reset_peak().unwrap();
+    assert_eq!(
+        get(&fx.slot("memory").join("memory.max_usage_in_bytes")),
+        "0"
+    );
+}
+
+#[test]
+fn v1_unreadable_or_malformed_counters_are_errors_not_zero() {
+    let fx = V1Fixture::new(MOUNTINFO_V1_SPLIT, true);
+    let cg = fx.open();
+    let oom = fx.slot("memory").join("memory.oom_control");
+    put(&oom, "oom_kill_disable 0\nunder_oom 0\n");
+    match cg.usage().unwrap_err() {
+        CgroupError::Parse { path, .. } => assert_eq!(path, oom),
+        other => panic!("expected a parse error, got {other}"),
+    }
+    fs::remove_file(fx.slot("cpuacct").join("cpuacct.usage")).unwrap();
+    assert!(matches!(
+        cg.cpu_usage_ns().unwrap_err(),
+        CgroupError::Read { .. }
+    ));
+    put(&fx.slot("pids").join("cgroup.procs"), "12\nnot-a-pid\n");
+    assert!(matches!(cg.pids().unwrap_err(), CgroupError::Parse { .. }));
+}
+
+#[test]
+fn v1_pids_are_the_union_over_hierarchies_and_processes_join_each() {
+    let fx = V1Fixture::new(MOUNTINFO_V1_SPLIT, true);
+    let cg = fx.open();
+    put(&fx.slot("memory").join("cgroup.procs"), "7\n5\n");
+    put(&fx.slot("pids").join("cgroup.procs"), "7\n9\n");
+    assert_eq!(cg.pids().unwrap(), [5, 7, 9]);
+
+    cg.add_process(4321).unwrap();
+    for h in ["memory", "pids", "cpu", "cpuacct", "freezer"] {
+        assert_eq!(get(&fx.slot(h).join("cgroup.procs")), "4321", "{h}");
+    }
+    let attach = cg.self_attach_files();
+    assert_eq!(attach.len(), 5);
+    assert!(attach
+        .iter()
+        .all(|f| f.ends_with("corral-test/slot-0/tasks")));
+}
+
+#[test]
+fn v1_kill_all_of_an_empty_cgroup_leaves_it_thawed() {
+    let fx = V1Fixture::new(MOUNTINFO_V1_SPLIT, true);
+    let state = fx.slot("freezer").join("freezer.state");
+    // A crashed run may have left it frozen: a spawner joining it would freeze too.
+    put(&state, "FROZEN\n");
+    fx.open().kill_all().unwrap();
+    assert_eq!(get(&state), "THAWED");
+}
+
+#[test]
+fn children_are_listed_across_hierarchies() {
+    let fx = V1Fixture::new(MOUNTINFO_V1_COMBINED, true);
+    fs::create_dir_all(fx.slot("memory").with_file_name("slot-3")).unwrap();
+    put(&fx.slot("pids").with_file_name("not-a-cgroup"), "");
+    let names = fx.layout.children(Path::new("corral-test")).unwrap();
+    assert_eq!(names, ["slot-0", "slot-3"]);
+    assert!(fx.layout.children(Path::new("absent")).unwrap().is_empty());
+}
+
+/// A v2 fixture: the unified root and `corral-test` with their controller files, and the slot
+/// directory holding what the kernel creates.
+struct V2Fixture {
+    root: tempfile::TempDir,
+    layout: Layout,
+}
+
+impl V2Fixture {
+    fn new(root_controllers: &str) -> V2Fixture {
+        let root = tempfile::tempdir().unwrap();
+        let base = root.path().join("sys/fs/cgroup");
+        put(&base.join("cgroup.controllers"), root_controllers);
+        put(&base.join("cgroup.subtree_control"), "");
+        let layout = Layout::find(MOUNTINFO_V2, root.path(), None).unwrap();
+        let parent = base.join("corral-test");
+        // What enabling the root's controllers makes available to the parent.
+        put(&parent.join("cgroup.controllers"), root_controllers);
+        put(&parent.join("cgroup.subtree_control"), "");
+        let slot = parent.join("slot-0");
+        for (file, contents) in [
+            ("cgroup.procs", ""),
+            ("cgroup.kill", ""),
+            ("memory.max", "max\n"),
+            ("memory.swap.max", "max\n"),
+            ("memory.current", "1000\n"),
+            ("memory.peak", "2000\n"),
+            (
+                "memory.events",
+                "low 0\nhigh 0\nmax 12\noom 2\noom_kill 2\noom_group_kill 0\n",
+            ),
+            ("pids.max", "max\n"),
+            ("cpu.max", "max 100000\n"),
+            (
+                "cpu.stat",
+                "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\n",
+            ),
+        ] {
+            put(&slot.join(file), contents);
+        }
+        V2Fixture { root, layout }
+    }
+
+    fn dir(&self, rel: &str) -> PathBuf {
+        self.root.path().join("sys/fs/cgroup").join(rel)
+    }
+
+    fn open(&self, kill_timeout: Duration) -> V2Slot {
+        let Layout::V2(m) = &self.layout else {
+            unreachable!()
+        };
+        V2Slot::open(m, Path::new("corral-test/slot-0"), kill_timeout).unwrap()
+    }
+}
+
+#[test]
+fn v2_open_enables_controllers_down_to_the_slot() {
+    let fx = V2Fixture::new("cpuset cpu io memory pids\n");
+    fx.open(KILL_TIMEOUT);
+    let enabled = "+memory +pids +cpu";
+    assert_eq!(get(&fx.dir("cgroup.subtree_control")), enabled);
+    assert_eq!(get(&fx.dir("corral-test/cgroup.subtree_control")), enabled);
+
+    // Already enabled: nothing is written.
+    put(&fx.dir("cgroup.subtree_control"), "cpu memory pids\n");
+    put(
+        &fx.dir("corral-test/cgroup.subtree_control"),
+        "memory pids\n",
+    );
+    fx.open(KILL_TIMEOUT);
+    assert_eq!(get(&fx.dir("cgroup.subtree_control")), "cpu memory pids\n");
+    assert_eq!(get(&fx.dir("corral-test/cgroup.subtree_control")), "+cpu");
+}
+
+#[test]
+fn v2_open_refuses_hierarchies_without_pids_or_cgroup_kill() {
+    let fx = V2Fixture::new("cpu memory pids\n");
+    put(&fx.dir("corral-test/cgroup.controllers"), "cpu memory\n");
+    let Layout::V2(m) = &fx.layout else {
+        unreachable!()
+    };
+    let rel = Path::new("corral-test/slot-0");
+    let err = V2Slot::open(m, rel, KILL_TIMEOUT).err().unwrap();
+    assert!(matches!(err, CgroupError::Unsupported { .. }), "{err}");
+
+    put(
+        &fx.dir("corral-test/cgroup.controllers"),
+        "cpu memory pids\n",
+    );
+    fs::remove_file(fx.dir("corral-test/slot-0/cgroup.kill")).unwrap();
+    let err = V2Slot::open(m, rel, KILL_TIMEOUT).err().unwrap();
+    assert!(err.to_string().contains("cgroup.kill"), "{err}");
+}
+
+#[test]
+fn v2_limits_forbid_swap_and_set_cpu_max() {
+    let fx = V2Fixture::new("cpu memory pids\n");
+    let cg = fx.open(KILL_TIMEOUT);
+    let limits = CgroupLimits {
+        memory_bytes: 32 << 20,
+        pids: 66,
+        cpu_quota: Some(CpuQuota {
+            quota_us: 150_000,
+            period_us: 100_000,
+        }),
+    };
+    cg.set_limits(&limits).unwrap();
+    let slot = |f| get(&fx.dir("corral-test/slot-0").join(f));
+    assert_eq!(slot("memory.max"), "33554432");
+    assert_eq!(slot("memory.swap.max"), "0");
+    assert_eq!(slot("pids.max"), "66");
+    assert_eq!(slot("cpu.max"), "150000 100000");
+    cg.set_limits(&CgroupLimits {
+        cpu_quota: None,
+        ..limits
+    })
+    .unwrap();
+    assert_eq!(slot("cpu.max"), "max 100000");
+}
+
+#[test]
+fn v2_without_the_cpu_controller_refuses_quotas_only() {
+    let fx = V2Fixture::new("memory pids\n");
+    let cg = fx.open(KILL_TIMEOUT);
+    let mut limits = CgroupLimits {
+        memory_bytes: 32 << 20,
+        pids: 66,
+        cpu_quota: Some(CpuQuota {
+            quota_us: 1000,
+            period_us: 100_000,
+        }),
+    };
+    assert!(matches!(
+        cg.set_limits(&limits).unwrap_err(),
+        CgroupError::Unsupported { .. }
+    ));
+    limits.cpu_quota = None;
+    cg.set_limits(&limits).unwrap();
+    assert_eq!(get(&fx.dir("corral-test/slot-0/cpu.max")), "max 100000\n");
+    assert_eq!(
+        get(&fx.dir("corral-test/cgroup.subtree_control")),
+        "+memory +pids"
+    );
+}
+
+#[test]
+fn v2_usage_reads_cpu_stat_memory_events_and_a_resettable_peak() {
+    let fx = V2Fixture::new("cpu memory pids\n");
+    let cg = fx.open(KILL_TIMEOUT);
+    let peak = fx.dir("corral-test/slot-0/memory.peak");
+    assert_eq!(
+        cg.usage().unwrap(),
+        Usage {
+            cpu_ns: 1_500_000,
+            memory_peak_bytes: 2000,
+            oom_kills: 2,
+        }
+    );
+    cg.reset_peak().unwrap();
+    assert_eq!(get(&peak), "reset");
+    // The kernel's answer through the same open file after the reset.
+    put(&peak, "4096\n");
+    assert_eq!(cg.usage().unwrap().memory_peak_bytes, 4096);
+}
+
+#[test]
+fn v2_peak_without_memory_peak_is_the_sampled_maximum() {
+    let fx = V2Fixture::new("cpu memory pids\n");
+    let slot = fx.dir("corral-test/slot-0");
+    fs::remove_file(slot.join("memory.peak")).unwrap();
+    let cg = fx.open(KILL_TIMEOUT);
+    cg.reset_peak().unwrap();
+    put(&slot.join("memory.current"), "5000\n");
+    cg.cpu_usage_ns().unwrap();
+    put(&slot.join("memory.current"), "3000\n");
+    assert_eq!(cg.usage().unwrap().memory_peak_bytes, 5000);
+    cg.reset_peak().unwrap();
+    assert_eq!(cg.usage().unwrap().memory_peak_bytes, 3000);
+
+    // With a lifetime peak that cannot be reset: exact when it rose during the job.
+    assert_eq!(fallback_peak(9000, 8000, 5000), 9000);
+    assert_eq!(fallback_peak(8000, 8000, 5000), 5000);
+}
+
+#[test]
+fn v2_kill_all_writes_cgroup_kill_and_waits_for_the_cgroup_to_empty() {
+    let fx = V2Fixture::new("cpu memory pids\n");
+    let slot = fx.dir("corral-test/slot-0");
+    put(&slot.join("cgroup.procs"), "4242\n4243\n");
+    let cg = fx.open(Duration::from_secs(2));
+    assert_eq!(cg.pids().unwrap(), [4242, 4243]);
+    let kernel = {
+        let slot = slot.clone();
+        // Plays the kernel: empties the cgroup once cgroup.kill was written.
+        std::thread::spawn(move || {
+            while get(&slot.join("cgroup.kill")) != "1" {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            put(&slot.join("cgroup.procs"), "");
+        })
+    };
+    cg.kill_all().unwrap();
+    kernel.join().unwrap();
+    assert!(cg.pids().unwrap().is_empty());
+}
+
+#[test]
+fn v2_kill_all_gives_up_naming_the_survivors() {
+    let fx = V2Fixture::new("cpu memory pids\n");
+    put(&fx.dir("corral-test/slot-0/cgroup.procs"), "4242\n");
+    let cg = fx.open(Duration::from_millis(150));
+    match cg.kill_all().unwrap_err() {
+        CgroupError::KillTimeout { pids, .. } => assert_eq!(pids, [4242]),
+        other => panic!("expected a timeout, got {other}"),
+    }
+    assert_eq!(get(&fx.dir("corral-test/slot-0/cgroup.kill")), "1");
+}
