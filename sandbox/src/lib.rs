@@ -219,6 +219,33 @@ impl Sandbox {
         self.host.clone()
     }
 
+    /// The configuration this sandbox was started with (state directory, cgroup parent, uid base).
+    pub fn config(&self) -> &SandboxConfig {
+        &self.config
+    }
+
+    /// Read-only views of the slots that are not running a job right now (all of them when no
+    /// `run` is in progress), lowest index first. For tests and diagnostics.
+    pub fn idle_slots(&self) -> Vec<SlotInfo> {
+        let free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slots: Vec<SlotInfo> = free
+            .iter()
+            .map(|slot| SlotInfo {
+                index: slot.index,
+                uid: slot.uid,
+                dir: slot.dir.clone(),
+                cgroup_dirs: slot
+                    .cgroup
+                    .self_attach_files()
+                    .iter()
+                    .filter_map(|f| f.parent().map(PathBuf::from))
+                    .collect(),
+            })
+            .collect();
+        slots.sort_by_key(|s| s.index);
+        slots
+    }
+
     /// Run one job on the next free slot, waiting for one if all are busy. Output chunks are passed
     /// to `on_output` as they arrive (within the caps) and also kept in the outcome.
     pub fn run(
@@ -265,6 +292,21 @@ impl Drop for Sandbox {
             }
         }
     }
+}
+
+/// What [`Sandbox::idle_slots`] shows of one slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotInfo {
+    /// Slot index (its lease number).
+    pub index: usize,
+    /// The uid and gid every job of this slot runs as.
+    pub uid: u32,
+    /// Host directory the job's tmpfs is mounted on inside each job's mount namespace (on the
+    /// host it stays an empty directory).
+    pub dir: PathBuf,
+    /// The slot's cgroup directories, one per hierarchy (v1) or one (v2). Between jobs they hold
+    /// the slot's spawner only.
+    pub cgroup_dirs: Vec<PathBuf>,
 }
 
 /// Remove the slot cgroups under `parent` that no live process leases: a crashed predecessor's, or

@@ -59,6 +59,12 @@ pub struct RunArgs {
     /// Directory for the sandbox's own state.
     #[arg(long, default_value = "/run/corral", hide = true)]
     state_dir: PathBuf,
+    /// Cgroup (under each hierarchy) holding the slot cgroups; tests use their own.
+    #[arg(long, default_value = "corral", hide = true)]
+    cgroup_parent: String,
+    /// First uid of the sandbox's range (`uid_base..uid_base + 8192`); tests use their own.
+    #[arg(long, default_value_t = 1_000_000, hide = true)]
+    uid_base: u32,
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<String>,
@@ -91,6 +97,8 @@ fn run_one(args: RunArgs) -> anyhow::Result<i32> {
     config.keep_netns = true;
     config.user_namespace = args.userns;
     config.state_dir = args.state_dir.clone();
+    config.cgroup_parent = args.cgroup_parent.clone();
+    config.uid_base = args.uid_base;
     let sandbox = Sandbox::new(config).context("starting the sandbox")?;
     let image = sandbox.host_image();
     let spec = Spec {
