@@ -203,6 +203,14 @@ fn find_language<'a>(
     languages: &'a [LanguageInfo],
     name: &str,
 ) -> Result<&'a LanguageInfo, ApiError> {
+    if languages.is_empty() {
+        return Err(ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "no_workers",
+            "no worker node is connected; try again shortly",
+        )
+        .retry_after(5));
+    }
     let name = name.to_ascii_lowercase();
     languages
         .iter()

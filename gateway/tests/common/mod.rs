@@ -109,9 +109,8 @@ impl Harness {
             .await
             .unwrap();
         let log = Arc::new(Mutex::new(NodeLog::default()));
-        if slots > 0 {
-            connect_fake_node(&gateway, slots, log.clone());
-        }
+        // With 0 slots the node offers its languages but never takes a job.
+        connect_fake_node(&gateway, slots, log.clone());
         let app = gateway.router();
         let h = Harness {
             dir,
