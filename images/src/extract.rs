@@ -138,7 +138,12 @@ fn components(raw: &Path, display: &str) -> Result<Vec<PathBuf>, ExtractError> {
 
 /// Open the directory `parts` under `root`, one component at a time, never following a symlink;
 /// missing directories are created (0755, root) when `create`.
-fn open_dir(root: &OwnedFd, parts: &[PathBuf], display: &str, create: bool) -> Result<OwnedFd, ExtractError> {
+fn open_dir(
+    root: &OwnedFd,
+    parts: &[PathBuf],
+    display: &str,
+    create: bool,
+) -> Result<OwnedFd, ExtractError> {
     let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     let mut cur = openat(root, ".", flags, Mode::empty()).map_err(sys("opening", display))?;
     for part in parts {
@@ -147,7 +152,8 @@ fn open_dir(root: &OwnedFd, parts: &[PathBuf], display: &str, create: bool) -> R
             Err(Errno::ENOENT) if create => {
                 mkdirat(&cur, part.as_path(), Mode::from_bits_truncate(0o755))
                     .map_err(sys("creating directory for", display))?;
-                openat(&cur, part.as_path(), flags, Mode::empty()).map_err(sys("opening", display))?
+                openat(&cur, part.as_path(), flags, Mode::empty())
+                    .map_err(sys("opening", display))?
             }
             Err(Errno::ENOTDIR | Errno::ELOOP) => {
                 return Err(ExtractError::ThroughSymlink(display.to_string()))
@@ -187,11 +193,14 @@ pub fn extract<R: Read>(
             source,
         })?;
         let mut ctx = Ctx {
-            root: root_fd.as_fd().try_clone_to_owned().map_err(|source| ExtractError::Io {
-                op: "duplicating root fd",
-                path: String::new(),
-                source,
-            })?,
+            root: root_fd
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|source| ExtractError::Io {
+                    op: "duplicating root fd",
+                    path: String::new(),
+                    source,
+                })?,
             root_path: root,
             mode,
             written: &mut written,
@@ -244,13 +253,27 @@ impl Ctx<'_> {
                 }
             }
             EntryType::Regular | EntryType::Continuous => {
-                let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-                let fd = openat(&parent, name.as_path(), flags, Mode::from_bits_truncate(0o600))
-                    .map_err(sys("creating file", &display))?;
+                let flags = OFlag::O_WRONLY
+                    | OFlag::O_CREAT
+                    | OFlag::O_EXCL
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_CLOEXEC;
+                let fd = openat(
+                    &parent,
+                    name.as_path(),
+                    flags,
+                    Mode::from_bits_truncate(0o600),
+                )
+                .map_err(sys("creating file", &display))?;
                 let mut file = File::from(fd);
-                let copied = io::copy(&mut (&mut entry).take(size), &mut file).map_err(|source| {
-                    ExtractError::Io { op: "writing file", path: display.clone(), source }
-                })?;
+                let copied =
+                    io::copy(&mut (&mut entry).take(size), &mut file).map_err(|source| {
+                        ExtractError::Io {
+                            op: "writing file",
+                            path: display.clone(),
+                            source,
+                        }
+                    })?;
                 if copied != size {
                     return Err(ExtractError::Io {
                         op: "reading archive (truncated)",
@@ -266,8 +289,14 @@ impl Ctx<'_> {
                     .map_err(sys("creating whiteout", &display))?;
             }
             EntryType::Fifo => {
-                mknodat(&parent, name.as_path(), SFlag::S_IFIFO, Mode::from_bits_truncate(0o600), 0)
-                    .map_err(sys("creating fifo", &display))?;
+                mknodat(
+                    &parent,
+                    name.as_path(),
+                    SFlag::S_IFIFO,
+                    Mode::from_bits_truncate(0o600),
+                    0,
+                )
+                .map_err(sys("creating fifo", &display))?;
             }
             EntryType::Char | EntryType::Block => {
                 let entry_path = &display;
@@ -277,7 +306,10 @@ impl Ctx<'_> {
             // PAX and GNU long-name records are consumed by the tar reader itself.
             EntryType::XGlobalHeader => return Ok(()),
             other => {
-                return Err(ExtractError::Unsupported { path: display, kind: format!("{other:?}") })
+                return Err(ExtractError::Unsupported {
+                    path: display,
+                    kind: format!("{other:?}"),
+                })
             }
         }
         self.metadata(&mut entry, &parent, name, &rel, &display)?;
@@ -320,8 +352,14 @@ impl Ctx<'_> {
             return Err(escape());
         };
         let src_parent = open_dir(&self.root, src_dirs, display, false).map_err(|_| escape())?;
-        linkat(src_parent, src_name.as_path(), parent, name, AtFlags::empty())
-            .map_err(|_| escape())
+        linkat(
+            src_parent,
+            src_name.as_path(),
+            parent,
+            name,
+            AtFlags::empty(),
+        )
+        .map_err(|_| escape())
     }
 
     fn metadata<R: Read>(
@@ -337,10 +375,24 @@ impl Ctx<'_> {
         if kind == EntryType::Link {
             return Ok(()); // shares the target's inode and metadata
         }
-        let uid = h.uid().ok().and_then(|u| u32::try_from(u).ok()).unwrap_or(0);
-        let gid = h.gid().ok().and_then(|g| u32::try_from(g).ok()).unwrap_or(0);
-        fchownat(parent, name, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)), AtFlags::AT_SYMLINK_NOFOLLOW)
-            .map_err(sys("setting owner of", display))?;
+        let uid = h
+            .uid()
+            .ok()
+            .and_then(|u| u32::try_from(u).ok())
+            .unwrap_or(0);
+        let gid = h
+            .gid()
+            .ok()
+            .and_then(|g| u32::try_from(g).ok())
+            .unwrap_or(0);
+        fchownat(
+            parent,
+            name,
+            Some(Uid::from_raw(uid)),
+            Some(Gid::from_raw(gid)),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(sys("setting owner of", display))?;
         if kind == EntryType::Symlink {
             return Ok(());
         }
@@ -351,15 +403,25 @@ impl Ctx<'_> {
         if kind == EntryType::Char {
             mode = 0;
         }
-        fchmodat(parent, name, Mode::from_bits_truncate(mode), FchmodatFlags::NoFollowSymlink)
-            .map_err(sys("setting mode of", display))?;
+        fchmodat(
+            parent,
+            name,
+            Mode::from_bits_truncate(mode),
+            FchmodatFlags::NoFollowSymlink,
+        )
+        .map_err(sys("setting mode of", display))?;
         if self.mode == Whiteouts::Keep {
             self.xattrs(entry, rel, display)?;
         }
         Ok(())
     }
 
-    fn xattrs<R: Read>(&self, entry: &mut tar::Entry<'_, R>, rel: &Path, display: &str) -> Result<(), ExtractError> {
+    fn xattrs<R: Read>(
+        &self,
+        entry: &mut tar::Entry<'_, R>,
+        rel: &Path,
+        display: &str,
+    ) -> Result<(), ExtractError> {
         let Ok(Some(exts)) = entry.pax_extensions() else {
             return Ok(());
         };
@@ -371,13 +433,22 @@ impl Ctx<'_> {
             // The parent chain was just opened without following symlinks, and this entry is
             // not a symlink, so the joined path names exactly the file written.
             xattr::set(self.root_path.join(rel), name, ext.value_bytes()).map_err(|source| {
-                ExtractError::Io { op: "setting xattr on", path: display.to_string(), source }
+                ExtractError::Io {
+                    op: "setting xattr on",
+                    path: display.to_string(),
+                    source,
+                }
             })?;
         }
         Ok(())
     }
 
-    fn whiteout(&mut self, dirs: &[PathBuf], name: &[u8], display: &str) -> Result<(), ExtractError> {
+    fn whiteout(
+        &mut self,
+        dirs: &[PathBuf],
+        name: &[u8],
+        display: &str,
+    ) -> Result<(), ExtractError> {
         let dir_rel: PathBuf = dirs.iter().collect();
         let parent = match open_dir(&self.root, dirs, display, false) {
             Ok(fd) => fd,
@@ -396,7 +467,12 @@ impl Ctx<'_> {
             for child in children.flatten() {
                 let rel = dir_rel.join(child.file_name());
                 if !self.written.contains(&rel) {
-                    remove(&parent, Path::new(&child.file_name()), &self.root_path.join(&rel), display)?;
+                    remove(
+                        &parent,
+                        Path::new(&child.file_name()),
+                        &self.root_path.join(&rel),
+                        display,
+                    )?;
                 }
             }
             return Ok(());
@@ -406,11 +482,21 @@ impl Ctx<'_> {
         if victim.is_empty() || self.written.contains(&rel) {
             return Ok(());
         }
-        remove(&parent, Path::new(victim), &self.root_path.join(&rel), display)
+        remove(
+            &parent,
+            Path::new(victim),
+            &self.root_path.join(&rel),
+            display,
+        )
     }
 }
 
-fn check_caps(display: &str, size: u64, caps: &Caps, budget: &mut Budget) -> Result<(), ExtractError> {
+fn check_caps(
+    display: &str,
+    size: u64,
+    caps: &Caps,
+    budget: &mut Budget,
+) -> Result<(), ExtractError> {
     if size > caps.entry_bytes {
         return Err(ExtractError::EntryTooLarge {
             path: display.to_string(),
@@ -421,17 +507,26 @@ fn check_caps(display: &str, size: u64, caps: &Caps, budget: &mut Budget) -> Res
     budget.bytes = budget.bytes.saturating_add(size);
     budget.entries += 1;
     if budget.bytes > caps.total_bytes {
-        return Err(ExtractError::TotalTooLarge(format!("{} bytes", caps.total_bytes)));
+        return Err(ExtractError::TotalTooLarge(format!(
+            "{} bytes",
+            caps.total_bytes
+        )));
     }
     if budget.entries > caps.entries {
-        return Err(ExtractError::TotalTooLarge(format!("{} entries", caps.entries)));
+        return Err(ExtractError::TotalTooLarge(format!(
+            "{} entries",
+            caps.entries
+        )));
     }
     Ok(())
 }
 
 fn is_whiteout<R: Read>(entry: &tar::Entry<'_, R>) -> bool {
     let h = entry.header();
-    matches!((h.device_major(), h.device_minor()), (Ok(Some(0)), Ok(Some(0))))
+    matches!(
+        (h.device_major(), h.device_minor()),
+        (Ok(Some(0)), Ok(Some(0)))
+    )
 }
 
 fn link_name<R: Read>(entry: &tar::Entry<'_, R>, display: &str) -> Result<PathBuf, ExtractError> {
@@ -484,7 +579,9 @@ fn remove(parent: &OwnedFd, name: &Path, full: &Path, display: &str) -> Result<(
             path: display.to_string(),
             source,
         }),
-        Some(false) => unlinkat(parent, name, UnlinkatFlags::NoRemoveDir).map_err(sys("removing", display)),
+        Some(false) => {
+            unlinkat(parent, name, UnlinkatFlags::NoRemoveDir).map_err(sys("removing", display))
+        }
     }
 }
 

@@ -67,7 +67,10 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Lay
 /// `mkfs.erofs` (Debian package erofs-utils) is installed.
 pub fn erofs_available() -> bool {
     let kernel = std::fs::read_to_string("/proc/filesystems")
-        .map(|s| s.lines().any(|l| l.split_whitespace().last() == Some("erofs")))
+        .map(|s| {
+            s.lines()
+                .any(|l| l.split_whitespace().last() == Some("erofs"))
+        })
         .unwrap_or(false);
     kernel
         && Command::new("mkfs.erofs")

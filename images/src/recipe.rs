@@ -107,13 +107,19 @@ pub enum RecipeError {
 }
 
 fn invalid(name: &str, reason: impl Into<String>) -> RecipeError {
-    RecipeError::Invalid { name: name.to_string(), reason: reason.into() }
+    RecipeError::Invalid {
+        name: name.to_string(),
+        reason: reason.into(),
+    }
 }
 
 impl Recipe {
     /// Parse and validate the recipe `name` from TOML text.
     pub fn parse(name: &str, text: &str) -> Result<Recipe, RecipeError> {
-        let recipe: Recipe = toml::from_str(text).map_err(|source| RecipeError::Parse { name: name.to_string(), source })?;
+        let recipe: Recipe = toml::from_str(text).map_err(|source| RecipeError::Parse {
+            name: name.to_string(),
+            source,
+        })?;
         recipe.validate(name)?;
         Ok(recipe)
     }
@@ -121,39 +127,61 @@ impl Recipe {
     fn validate(&self, name: &str) -> Result<(), RecipeError> {
         crate::store::check_name(name).map_err(|e| invalid(name, e.to_string()))?;
         match (&self.base, &self.parent) {
-            (Some(_), Some(_)) => return Err(invalid(name, "set either `base` or `parent`, not both")),
-            (None, None) => return Err(invalid(name, "set `base = \"debian:bookworm\"` or `parent = \"<recipe>\"`")),
-            (Some(base), None) if base != DEBIAN_BOOKWORM => {
-                return Err(invalid(name, format!("unsupported base {base:?} (supported: {DEBIAN_BOOKWORM})")))
+            (Some(_), Some(_)) => {
+                return Err(invalid(name, "set either `base` or `parent`, not both"))
             }
-            (None, Some(parent)) if parent == name => return Err(invalid(name, "a recipe cannot be its own parent")),
+            (None, None) => {
+                return Err(invalid(
+                    name,
+                    "set `base = \"debian:bookworm\"` or `parent = \"<recipe>\"`",
+                ))
+            }
+            (Some(base), None) if base != DEBIAN_BOOKWORM => {
+                return Err(invalid(
+                    name,
+                    format!("unsupported base {base:?} (supported: {DEBIAN_BOOKWORM})"),
+                ))
+            }
+            (None, Some(parent)) if parent == name => {
+                return Err(invalid(name, "a recipe cannot be its own parent"))
+            }
             _ => {}
         }
         if self.mirror.is_some() && self.base.is_none() {
             return Err(invalid(name, "`mirror` only applies with `base`"));
         }
         if let Some(m) = &self.mirror {
-            if !(m.starts_with("http://") || m.starts_with("https://")) || m.chars().any(char::is_whitespace) {
+            if !(m.starts_with("http://") || m.starts_with("https://"))
+                || m.chars().any(char::is_whitespace)
+            {
                 return Err(invalid(name, format!("mirror {m:?} is not an http(s) URL")));
             }
         }
         for p in &self.packages {
             if !is_package(p) {
-                return Err(invalid(name, format!("{p:?} is not a Debian package name (optionally name=version)")));
+                return Err(invalid(
+                    name,
+                    format!("{p:?} is not a Debian package name (optionally name=version)"),
+                ));
             }
         }
         if self.commands.iter().any(|c| c.trim().is_empty()) {
             return Err(invalid(name, "empty command"));
         }
         for (k, v) in &self.env {
-            let key_ok = !k.is_empty() && !k.as_bytes()[0].is_ascii_digit() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            let key_ok = !k.is_empty()
+                && !k.as_bytes()[0].is_ascii_digit()
+                && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
             if !key_ok || v.contains('\0') {
                 return Err(invalid(name, format!("bad environment variable {k:?}")));
             }
         }
         if let Some(w) = &self.workdir {
             if !w.starts_with('/') || w.split('/').any(|c| c == "..") {
-                return Err(invalid(name, format!("workdir {w:?} must be an absolute path without `..`")));
+                return Err(invalid(
+                    name,
+                    format!("workdir {w:?} must be an absolute path without `..`"),
+                ));
             }
         }
         if let Some(t) = &self.self_test {
@@ -164,11 +192,17 @@ impl Recipe {
 
     fn validate_self_test(&self, name: &str, t: &SelfTest) -> Result<(), RecipeError> {
         if t.command.trim().is_empty() || t.expect.is_empty() {
-            return Err(invalid(name, "self_test needs a command and a non-empty expect"));
+            return Err(invalid(
+                name,
+                "self_test needs a command and a non-empty expect",
+            ));
         }
         for f in t.files.keys() {
             if f.is_empty() || f.contains('/') || f == "." || f == ".." || f.contains('\0') {
-                return Err(invalid(name, format!("self_test file name {f:?} must be a plain name")));
+                return Err(invalid(
+                    name,
+                    format!("self_test file name {f:?} must be a plain name"),
+                ));
             }
         }
         Ok(())
@@ -182,8 +216,14 @@ fn is_package(p: &str) -> bool {
     };
     let name_ok = name.len() >= 2
         && name.as_bytes()[0].is_ascii_alphanumeric()
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b));
-    let version_ok = version.is_none_or(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.:~".contains(&b)));
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b));
+    let version_ok = version.is_none_or(|v| {
+        !v.is_empty()
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+-.:~".contains(&b))
+    });
     name_ok && version_ok
 }
 
@@ -196,15 +236,28 @@ pub struct RecipeBook {
 impl RecipeBook {
     /// The built-in recipes, then every `<name>.toml` in `dir` (if given) on top.
     pub fn load(dir: Option<&Path>) -> Result<RecipeBook, RecipeError> {
-        let mut texts: BTreeMap<String, String> = BUILTIN.iter().map(|(n, t)| (n.to_string(), t.to_string())).collect();
+        let mut texts: BTreeMap<String, String> = BUILTIN
+            .iter()
+            .map(|(n, t)| (n.to_string(), t.to_string()))
+            .collect();
         if let Some(dir) = dir {
-            let read_err = |source| RecipeError::Read { path: dir.display().to_string(), source };
+            let read_err = |source| RecipeError::Read {
+                path: dir.display().to_string(),
+                source,
+            };
             for entry in std::fs::read_dir(dir).map_err(read_err)? {
                 let path = entry.map_err(read_err)?.path();
-                let Some(name) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".toml")) else {
+                let Some(name) = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.strip_suffix(".toml"))
+                else {
                     continue;
                 };
-                let text = std::fs::read_to_string(&path).map_err(|source| RecipeError::Read { path: path.display().to_string(), source })?;
+                let text = std::fs::read_to_string(&path).map_err(|source| RecipeError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?;
                 texts.insert(name.to_string(), text);
             }
         }
@@ -218,7 +271,10 @@ impl RecipeBook {
 
     /// The parsed recipe `name`.
     pub fn get(&self, name: &str) -> Result<Recipe, RecipeError> {
-        let text = self.texts.get(name).ok_or_else(|| RecipeError::NotFound(name.to_string(), self.names().join(", ")))?;
+        let text = self
+            .texts
+            .get(name)
+            .ok_or_else(|| RecipeError::NotFound(name.to_string(), self.names().join(", ")))?;
         Recipe::parse(name, text)
     }
 

@@ -75,7 +75,9 @@ pub enum StoreError {
     #[error("image {0:?} not found in the image store (see `corral image ls`)")]
     NotFound(String),
     /// A name with characters the store does not allow.
-    #[error("invalid image name {0:?}: use 1-128 of a-z 0-9 . _ - : starting with a letter or digit")]
+    #[error(
+        "invalid image name {0:?}: use 1-128 of a-z 0-9 . _ - : starting with a letter or digit"
+    )]
     BadName(String),
     /// Removing a layer that another image stacks on.
     #[error("cannot remove {name}: image(s) {children} stack on it; remove them first")]
@@ -108,8 +110,15 @@ pub enum StoreError {
     },
 }
 
-pub(crate) fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
-    move |source| StoreError::Io { op, path: path.to_path_buf(), source }
+pub(crate) fn io_err<'a>(
+    op: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Check an image name: 1-128 characters of `a-z 0-9 . _ - :`, starting with a letter or digit.
@@ -117,7 +126,9 @@ pub fn check_name(name: &str) -> Result<(), StoreError> {
     let ok = !name.is_empty()
         && name.len() <= 128
         && name.as_bytes()[0].is_ascii_alphanumeric()
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-:".contains(&b));
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-:".contains(&b));
     if ok {
         Ok(())
     } else {
@@ -138,7 +149,11 @@ impl Store {
     /// Open (creating if needed) the store under `data_dir`; new layers are EROFS when this node
     /// supports it, else directories.
     pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
-        let format = if layer::erofs_available() { LayerFormat::Erofs } else { LayerFormat::Dir };
+        let format = if layer::erofs_available() {
+            LayerFormat::Erofs
+        } else {
+            LayerFormat::Dir
+        };
         Store::open_with_format(data_dir, format)
     }
 
@@ -167,24 +182,35 @@ impl Store {
     /// A fresh directory under `images/tmp/` for a build or import; removed when dropped.
     pub fn staging(&self) -> Result<tempfile::TempDir, StoreError> {
         let tmp = self.root.join("tmp");
-        tempfile::Builder::new().prefix("stage-").tempdir_in(&tmp).map_err(io_err("creating staging dir in", &tmp))
+        tempfile::Builder::new()
+            .prefix("stage-")
+            .tempdir_in(&tmp)
+            .map_err(io_err("creating staging dir in", &tmp))
     }
 
     fn lock(&self) -> Result<Flock<File>, StoreError> {
         let path = self.root.join("lock");
         let file = File::create(&path).map_err(io_err("opening", &path))?;
-        Flock::lock(file, FlockArg::LockExclusive)
-            .map_err(|(_, e)| StoreError::Io { op: "locking", path, source: e.into() })
+        Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| StoreError::Io {
+            op: "locking",
+            path,
+            source: e.into(),
+        })
     }
 
     fn manifest_path(&self, digest: &Digest) -> PathBuf {
-        self.root.join("manifests").join(format!("{}.json", digest.hex()))
+        self.root
+            .join("manifests")
+            .join(format!("{}.json", digest.hex()))
     }
 
     /// Where a layer lives: the EROFS file or the directory.
     pub fn layer_path(&self, digest: &Digest, format: LayerFormat) -> PathBuf {
         match format {
-            LayerFormat::Erofs => self.root.join("layers").join(format!("{}.erofs", digest.hex())),
+            LayerFormat::Erofs => self
+                .root
+                .join("layers")
+                .join(format!("{}.erofs", digest.hex())),
             LayerFormat::Dir => self.root.join("layers").join(digest.hex()),
         }
     }
@@ -206,11 +232,13 @@ impl Store {
         check_name(name)?;
         let path = self.root.join("refs").join(name);
         match std::fs::read_to_string(&path) {
-            Ok(s) => Digest::parse(s.trim()).map(Some).map_err(|e| StoreError::Io {
-                op: "parsing",
-                path,
-                source: io::Error::other(e),
-            }),
+            Ok(s) => Digest::parse(s.trim())
+                .map(Some)
+                .map_err(|e| StoreError::Io {
+                    op: "parsing",
+                    path,
+                    source: io::Error::other(e),
+                }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_err("reading", &path)(e)),
         }
@@ -224,7 +252,8 @@ impl Store {
                 .lookup(name_or_digest)?
                 .ok_or_else(|| StoreError::NotFound(name_or_digest.to_string()))?,
         };
-        self.manifest(&digest)?.ok_or_else(|| StoreError::NotFound(name_or_digest.to_string()))
+        self.manifest(&digest)?
+            .ok_or_else(|| StoreError::NotFound(name_or_digest.to_string()))
     }
 
     /// Every name with its manifest, sorted by name.
@@ -233,7 +262,9 @@ impl Store {
         let mut out = Vec::new();
         for entry in std::fs::read_dir(&refs).map_err(io_err("listing", &refs))? {
             let entry = entry.map_err(io_err("listing", &refs))?;
-            let Some(name) = entry.file_name().to_str().map(str::to_string) else { continue };
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
             if check_name(&name).is_err() {
                 continue; // a temporary file of an atomic write
             }
@@ -252,7 +283,9 @@ impl Store {
         let mut out = Vec::new();
         for entry in std::fs::read_dir(&dir).map_err(io_err("listing", &dir))? {
             let name = entry.map_err(io_err("listing", &dir))?.file_name();
-            let Some(hex) = name.to_str().and_then(|n| n.strip_suffix(".json")) else { continue };
+            let Some(hex) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
+                continue;
+            };
             if let Ok(d) = Digest::parse(hex) {
                 out.extend(self.manifest(&d)?);
             }
@@ -265,9 +298,13 @@ impl Store {
         let mut chain = vec![top.clone()];
         while let Some(parent) = chain.last().and_then(|m| m.parent.clone()) {
             if chain.len() > 64 {
-                return Err(StoreError::NotFound(format!("{parent} (parent chain too long)")));
+                return Err(StoreError::NotFound(format!(
+                    "{parent} (parent chain too long)"
+                )));
             }
-            let m = self.manifest(&parent)?.ok_or_else(|| StoreError::NotFound(parent.to_string()))?;
+            let m = self
+                .manifest(&parent)?
+                .ok_or_else(|| StoreError::NotFound(parent.to_string()))?;
             chain.push(m);
         }
         chain.reverse();
@@ -312,7 +349,12 @@ impl Store {
     /// Register the tree under `dir` as a new layer named `name` on top of `meta.parent`, and
     /// return its manifest. `meta.digest`, `format` and `size` are filled in here. Registering a
     /// tree identical to a stored layer re-uses it.
-    pub fn register(&self, name: &str, dir: &Path, mut meta: Manifest) -> Result<Manifest, StoreError> {
+    pub fn register(
+        &self,
+        name: &str,
+        dir: &Path,
+        mut meta: Manifest,
+    ) -> Result<Manifest, StoreError> {
         check_name(name)?;
         let staging = self.staging()?;
         let (digest, size, staged) = match self.format {
@@ -321,7 +363,9 @@ impl Store {
                 layer::make_erofs(dir, &file)?;
                 fsync(&file)?;
                 let digest = Digest::of_file(&file).map_err(io_err("hashing", &file))?;
-                let size = std::fs::metadata(&file).map_err(io_err("reading", &file))?.len();
+                let size = std::fs::metadata(&file)
+                    .map_err(io_err("reading", &file))?
+                    .len();
                 (digest, size, file)
             }
             LayerFormat::Dir => {
@@ -342,7 +386,12 @@ impl Store {
         }
         match self.manifest(&digest)? {
             Some(existing) => meta = existing, // the same layer registered before: keep its record
-            None => write_atomic(&self.manifest_path(&digest), &serde_json::to_vec_pretty(&meta).map_err(io::Error::other).map_err(io_err("encoding manifest", dir))?)?,
+            None => write_atomic(
+                &self.manifest_path(&digest),
+                &serde_json::to_vec_pretty(&meta)
+                    .map_err(io::Error::other)
+                    .map_err(io_err("encoding manifest", dir))?,
+            )?,
         }
         self.set_ref(name, &digest)?;
         tracing::info!(name, digest = %digest, size, "registered image");
@@ -352,7 +401,10 @@ impl Store {
     /// Point `name` at `digest` (which must be in the store).
     pub fn set_ref(&self, name: &str, digest: &Digest) -> Result<(), StoreError> {
         check_name(name)?;
-        write_atomic(&self.root.join("refs").join(name), format!("{digest}\n").as_bytes())
+        write_atomic(
+            &self.root.join("refs").join(name),
+            format!("{digest}\n").as_bytes(),
+        )
     }
 
     /// Remove a name, or every name of a digest; the layer goes too once no name points at it.
@@ -361,8 +413,17 @@ impl Store {
         let target = self.find(name_or_digest)?;
         let _lock = self.lock()?;
         let by_digest = Digest::parse(name_or_digest).is_ok();
-        let names: Vec<String> = self.list()?.into_iter().filter(|(_, m)| m.digest == target.digest).map(|(n, _)| n).collect();
-        let dropping: Vec<String> = if by_digest { names.clone() } else { vec![name_or_digest.to_string()] };
+        let names: Vec<String> = self
+            .list()?
+            .into_iter()
+            .filter(|(_, m)| m.digest == target.digest)
+            .map(|(n, _)| n)
+            .collect();
+        let dropping: Vec<String> = if by_digest {
+            names.clone()
+        } else {
+            vec![name_or_digest.to_string()]
+        };
         let layer_goes = dropping.len() == names.len();
         if layer_goes {
             let children: Vec<String> = self
@@ -372,7 +433,10 @@ impl Store {
                 .map(|m| m.name)
                 .collect();
             if !children.is_empty() {
-                return Err(StoreError::InUse { name: name_or_digest.to_string(), children: children.join(", ") });
+                return Err(StoreError::InUse {
+                    name: name_or_digest.to_string(),
+                    children: children.join(", "),
+                });
             }
         }
         for name in &dropping {
@@ -402,12 +466,15 @@ impl Store {
 
 /// The digest of a directory layer: sha256 of its deterministic raw tar.
 pub fn dir_digest(dir: &Path) -> Result<Digest, StoreError> {
-    let writer = tarball::write_tree(dir, TarForm::Raw, HashingWriter::new(io::sink())).map_err(io_err("hashing", dir))?;
+    let writer = tarball::write_tree(dir, TarForm::Raw, HashingWriter::new(io::sink()))
+        .map_err(io_err("hashing", dir))?;
     Ok(writer.finish().0)
 }
 
 fn fsync(path: &Path) -> Result<(), StoreError> {
-    File::open(path).and_then(|f| f.sync_all()).map_err(io_err("syncing", path))
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err("syncing", path))
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
@@ -417,8 +484,17 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 /// Write a small file by writing a temporary file beside it, syncing and renaming.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir).map_err(io_err("creating temporary file in", dir))?;
-    tmp.write_all(bytes).and_then(|_| tmp.as_file().sync_all()).map_err(io_err("writing", path))?;
-    tmp.persist(path).map_err(|e| StoreError::Io { op: "renaming into", path: path.to_path_buf(), source: e.error })?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(dir)
+        .map_err(io_err("creating temporary file in", dir))?;
+    tmp.write_all(bytes)
+        .and_then(|_| tmp.as_file().sync_all())
+        .map_err(io_err("writing", path))?;
+    tmp.persist(path).map_err(|e| StoreError::Io {
+        op: "renaming into",
+        path: path.to_path_buf(),
+        source: e.error,
+    })?;
     sync_dir(dir)
 }

@@ -1,5 +1,6 @@
 //! Command-line interface: one subcommand group per file.
 
+pub mod image;
 pub mod sandbox;
 pub mod serve;
 pub mod submit;
@@ -23,6 +24,9 @@ pub enum Command {
     /// Run commands in the sandbox directly, without the service.
     #[command(subcommand)]
     Sandbox(sandbox::SandboxCommand),
+    /// Build, list, remove, import and export images in the data directory's image store.
+    #[command(subcommand)]
+    Image(image::ImageCommand),
     /// Run the service: HTTP API, job store and a local worker node on the sandbox.
     Serve(serve::ServeArgs),
     /// Create, list and revoke tenants (API keys and quotas).
@@ -36,6 +40,7 @@ pub enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Sandbox(cmd) => sandbox::run(cmd),
+        Command::Image(cmd) => image::run(cmd),
         Command::Serve(args) => serve::run(args),
         Command::Tenant(cmd) => tenant::run(cmd),
         Command::Submit(args) => submit::run(args),

@@ -23,9 +23,12 @@ pub enum SandboxCommand {
 /// Options of `corral sandbox run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Image to run on.
+    /// Image to run on: `host`, or an image built or imported into the data directory's store.
     #[arg(long, default_value = "host")]
     image: String,
+    /// Data directory holding the image store (shared with `corral image` and `corral serve`).
+    #[arg(long, default_value = super::image::DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
     /// CPU time limit in seconds, all processes and threads together.
     #[arg(long, value_parser = parse_seconds, default_value = "2")]
     cpu_time: Duration,
@@ -85,9 +88,12 @@ fn run_one(args: RunArgs) -> anyhow::Result<i32> {
         ),
         None => Stdin::Empty,
     };
-    if args.image != "host" {
-        bail!("image {:?} not found (available: host)", args.image);
-    }
+    // Resolve the image before starting the sandbox: a missing image is an error, never the host.
+    let store_image = if args.image == "host" {
+        None
+    } else {
+        Some(super::image::sandbox_image(&args.data_dir, &args.image)?)
+    };
     let mut config = SandboxConfig::host_defaults()?;
     config.slots = 1;
     // This command is single-threaded and runs one job: it clones the job's PID 1 itself.
@@ -100,7 +106,7 @@ fn run_one(args: RunArgs) -> anyhow::Result<i32> {
     config.cgroup_parent = args.cgroup_parent.clone();
     config.uid_base = args.uid_base;
     let sandbox = Sandbox::new(config).context("starting the sandbox")?;
-    let image = sandbox.host_image();
+    let image = store_image.unwrap_or_else(|| sandbox.host_image());
     let spec = Spec {
         image,
         argv: args.command,
