@@ -48,6 +48,9 @@ pub fn cli_uid_base() -> u32 {
 /// `corral sandbox run [OPTIONS] -- CMD...` with extra environment variables.
 pub fn run_with(options: &[&str], cmd: &[&str], env: &[(&str, &str)]) -> CliRun {
     super::require_root();
+    // One CLI run at a time: runs of this process share a cgroup parent and a uid range.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let state = tempfile::Builder::new()
         .prefix("corral-test-cli-")
         .tempdir()

@@ -1,0 +1,531 @@
+//! Functional integration tests of the sandbox through its public API and through
+//! `corral sandbox run`: output and exit status, stdin (bytes and an interactive pipe), files in and
+//! out, the environment, every limit, and networking. Needs root (CI runs as root); the hostile
+//! cases are in `tests/hostile.rs`.
+
+mod common;
+
+use std::io::Write;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::{exe, text, Shared};
+use corral_sandbox::{FileIn, Limits, Outcome, Spec, Status, Stdin, StreamKind, TimeLimitKind};
+
+const JOBS_C: &str = include_str!("hostile/jobs.c");
+const MIB: u64 = 1 << 20;
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s)
+}
+
+/// `sh -c script` on the host image.
+fn sh(shared: &Shared, script: &str, limits: Limits) -> Spec {
+    shared.spec(&["sh", "-c", script], limits)
+}
+
+/// `./jobs args...` (tests/hostile/jobs.c).
+fn jobs(shared: &Shared, args: &[&str], limits: Limits) -> Spec {
+    let argv: Vec<&str> = std::iter::once("./jobs")
+        .chain(args.iter().copied())
+        .collect();
+    let mut spec = shared.spec(&argv, limits);
+    spec.files = vec![exe("jobs", common::compile_c("jobs", JOBS_C))];
+    spec
+}
+
+fn show(o: &Outcome) -> String {
+    format!(
+        "{:?} limit {:?} exit {:?} signal {:?} cpu {:?} wall {:?} stdout {:?} stderr {:?} error {:?}",
+        o.status,
+        o.limit,
+        o.exit_code,
+        o.signal,
+        o.cpu_time,
+        o.wall_time,
+        text(&o.stdout[..o.stdout.len().min(500)]),
+        text(&o.stderr[..o.stderr.len().min(500)]),
+        o.error
+    )
+}
+
+#[test]
+fn stdout_and_stderr_are_captured_separately() {
+    let s = common::sandbox();
+    let o = s.run(sh(
+        &s,
+        "echo out; echo err >&2; printf 'no newline'",
+        Limits::default(),
+    ));
+    assert_eq!(o.status, Status::Ok, "{}", show(&o));
+    assert_eq!(o.stdout, b"out\nno newline");
+    assert_eq!(o.stderr, b"err\n");
+    assert_eq!(o.exit_code, Some(0));
+    assert!(!o.stdout_truncated && !o.stderr_truncated);
+}
+
+#[test]
+fn exit_codes_and_signals_are_reported() {
+    let s = common::sandbox();
+    let o = s.run(sh(&s, "exit 3", Limits::default()));
+    assert_eq!(
+        (o.status, o.exit_code, o.signal),
+        (Status::RuntimeError, Some(3), None)
+    );
+    for (sig, num) in [("SEGV", 11), ("TERM", 15), ("KILL", 9)] {
+        let o = s.run(sh(&s, &format!("kill -{sig} $$"), Limits::default()));
+        assert_eq!(o.status, Status::RuntimeError, "{}", show(&o));
+        assert_eq!((o.exit_code, o.signal), (None, Some(num)), "{}", show(&o));
+    }
+    let o = s.run(s.spec(&["/nonexistent/program"], Limits::default()));
+    assert_eq!(o.status, Status::RuntimeError, "{}", show(&o));
+    assert!(
+        text(&o.stderr).contains("/nonexistent/program"),
+        "{}",
+        show(&o)
+    );
+}
+
+#[test]
+fn stdin_bytes_reach_the_job_exactly() {
+    let s = common::sandbox();
+    let bytes: Vec<u8> = (0..3 * MIB as usize).map(|i| (i * 7 % 256) as u8).collect();
+    let mut limits = Limits::default();
+    limits.output_bytes = 4 * MIB;
+    let mut spec = s.spec(&["cat"], limits);
+    spec.stdin = Stdin::Bytes(bytes.clone());
+    let o = s.run(spec);
+    assert_eq!(o.status, Status::Ok, "{}", show(&o));
+    assert!(
+        o.stdout == bytes,
+        "stdin came back altered ({} bytes)",
+        o.stdout.len()
+    );
+}
+
+#[test]
+fn stdin_pipe_streams_interactively() {
+    let s = common::sandbox();
+    let (mut writer, stdin) = corral_sandbox::stdin_pipe().unwrap();
+    let mut spec = sh(
+        &s,
+        "while read l; do echo \"got $l\"; done; echo bye",
+        Limits::default(),
+    );
+    spec.limits.wall_time = secs(30.0);
+    spec.stdin = stdin;
+    let (tx, rx) = mpsc::channel();
+    let outcome = std::thread::scope(|scope| {
+        let job = scope.spawn(|| {
+            let mut on = common::to_channel(tx);
+            s.sandbox.run(spec, &mut on)
+        });
+        let mut seen = Vec::new();
+        for line in ["first", "second", "third"] {
+            writer.write_all(format!("{line}\n").as_bytes()).unwrap();
+            // The answer to each line arrives before the next line is sent: output is streamed.
+            let want = format!("got {line}\n");
+            while !text(&seen).ends_with(&want) {
+                let (kind, chunk) = rx
+                    .recv_timeout(Duration::from_secs(10))
+                    .unwrap_or_else(|_| panic!("no answer to {line:?}; so far {:?}", text(&seen)));
+                assert_eq!(kind, StreamKind::Stdout);
+                seen.extend(chunk);
+            }
+        }
+        drop(writer);
+        job.join().unwrap().unwrap()
+    });
+    assert_eq!(outcome.status, Status::Ok, "{}", show(&outcome));
+    assert_eq!(
+        text(&outcome.stdout),
+        "got first\ngot second\ngot third\nbye\n"
+    );
+}
+
+#[test]
+fn files_in_keep_their_mode_bits_and_belong_to_the_job() {
+    let s = common::sandbox();
+    let mut spec = sh(
+        &s,
+        "stat -c '%n %a %U' run.sh data.txt secret setuid; ./run.sh",
+        Limits::default(),
+    );
+    let file = |name: &str, contents: &[u8], mode| FileIn {
+        name: name.into(),
+        contents: contents.to_vec(),
+        mode,
+    };
+    spec.files = vec![
+        file("run.sh", b"#!/bin/sh\necho script ran\n", 0o755),
+        file("data.txt", b"data", 0o644),
+        file("secret", b"s", 0o600),
+        file("setuid", b"x", 0o4755),
+    ];
+    let o = s.run(spec);
+    assert_eq!(o.status, Status::Ok, "{}", show(&o));
+    assert_eq!(
+        text(&o.stdout),
+        "run.sh 755 corral\ndata.txt 644 corral\nsecret 600 corral\nsetuid 755 corral\nscript ran\n"
+    );
+}
+
+#[test]
+fn files_are_collected_back_and_traps_refused() {
+    let s = common::sandbox();
+    let script = "printf result > out.txt; chmod 640 out.txt; ln -s /etc/passwd link; echo a > a; \
+                  ln a hard; mkfifo fifo; ln -s /dev/zero dev; truncate -s 1T sparse; \
+                  head -c 300000 /dev/zero > large";
+    let mut spec = sh(&s, script, Limits::default());
+    spec.limits.file_size_bytes = 2 << 40;
+    spec.collect = [
+        "out.txt", "link", "hard", "fifo", "dev", "sparse", "large", "missing",
+    ]
+    .map(String::from)
+    .to_vec();
+    spec.collect_max_bytes = 100_000;
+    let o = s.run(spec);
+    assert_eq!(o.status, Status::Ok, "{}", show(&o));
+    let names: Vec<&str> = o.files.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["out.txt", "link", "hard", "fifo", "dev", "sparse", "large", "missing"]
+    );
+    assert_eq!(o.files[0].contents.as_deref(), Ok(b"result".as_slice()));
+    assert_eq!(o.files[0].mode & 0o777, 0o640);
+    let why = |i: usize| o.files[i].contents.clone().unwrap_err();
+    assert!(why(1).contains("symbolic link"), "{}", why(1));
+    assert!(why(2).contains("more than one link"), "{}", why(2));
+    assert!(why(3).contains("not a regular file"), "{}", why(3));
+    assert!(why(4).contains("symbolic link"), "{}", why(4));
+    assert!(why(5).contains("larger than the cap"), "{}", why(5));
+    assert!(why(6).contains("larger than the cap"), "{}", why(6));
+    assert!(why(7).contains("not found"), "{}", why(7));
+}
+
+#[test]
+fn environment_is_the_image_plus_the_spec_only() {
+    let s = common::sandbox();
+    let mut spec = s.spec(&["/usr/bin/env"], Limits::default());
+    spec.env = vec![("GREETING".into(), "hello world".into())];
+    let o = s.run(spec);
+    assert_eq!(o.status, Status::Ok, "{}", show(&o));
+    let mut keys: Vec<String> = text(&o.stdout)
+        .lines()
+        .map(|l| l.split('=').next().unwrap().to_string())
+        .collect();
+    keys.sort();
+    assert_eq!(keys, ["GREETING", "HOME", "LANG", "PATH", "TMPDIR"]);
+    assert!(text(&o.stdout).contains("GREETING=hello world\n"));
+}
+
+#[test]
+fn cpu_time_limit() {
+    let s = common::sandbox();
+    let mut limits = Limits::default();
+    limits.cpu_time = secs(0.5);
+    limits.wall_time = secs(20.0);
+    let o = s.run(jobs(&s, &["spin"], limits));
+    assert_eq!(
+        (o.status, o.limit),
+        (Status::TimeLimit, Some(TimeLimitKind::Cpu)),
+        "{}",
+        show(&o)
+    );
+    assert!(
+        o.cpu_time >= secs(0.5) && o.cpu_time < secs(1.0),
+        "{}",
+        show(&o)
+    );
+}
+
+#[test]
+fn wall_time_limit() {
+    let s = common::sandbox();
+    let mut limits = Limits::default();
+    limits.wall_time = secs(0.5);
+    let o = s.run(s.spec(&["sleep", "10"], limits));
+    assert_eq!(
+        (o.status, o.limit),
+        (Status::TimeLimit, Some(TimeLimitKind::Wall)),
+        "{}",
+        show(&o)
+    );
+    assert!(
+        o.wall_time >= secs(0.5) && o.wall_time < secs(2.0),
+        "{}",
+        show(&o)
+    );
+}
+
+#[test]
+fn cpu_time_counts_every_thread() {
+    let s = common::sandbox();
+    let mut limits = Limits::default();
+    limits.cpu_time = secs(1.0);
+    limits.wall_time = secs(20.0);
+    // Exact accounting: the job's own threads report the CPU they used together.
+    let o = s.run(jobs(&s, &["cputhreads", "4", "600"], limits));
+    assert_eq!(o.status, Status::Ok, "{}", show(&o));
+    let own: u64 = text(&o.stdout)
+        .trim()
+        .strip_prefix("process_cpu_ns ")
+        .and_then(|n| n.parse().ok())
+        .expect("the job's report");
+    assert!(
+        o.cpu_time >= Duration::from_nanos(own)
+            && o.cpu_time < Duration::from_nanos(own) + secs(0.3),
+        "reported {:?}, threads used {own} ns",
+        o.cpu_time
+    );
+    // And with two cores, a multi-threaded spinner uses more CPU than wall time.
+    let o = s.run(jobs(&s, &["threads", "4"], limits));
+    assert_eq!(o.status, Status::TimeLimit, "{}", show(&o));
+    assert!(o.cpu_time > o.wall_time, "{}", show(&o));
+}
+
+#[test]
+fn memory_limit() {
+    let s = common::sandbox();
+    let mut limits = Limits::default();
+    limits.memory_bytes = 48 * MIB;
+    let o = s.run(jobs(&s, &["hog", "200"], limits));
+    assert_eq!(o.status, Status::MemoryLimit, "{}", show(&o));
+    assert!(o.memory_peak_bytes <= 48 * MIB, "{}", o.memory_peak_bytes);
+    let o = s.run(jobs(&s, &["hog", "16"], limits));
+    assert_eq!(o.status, Status::Ok, "{}", show(&o));
+    assert!(o.memory_peak_bytes >= 16 * MIB, "{}", o.memory_peak_bytes);
+}
+
+#[test]
+fn process_limit() {
+    let s = common::sandbox();
+    let mut limits = Limits::default();
+    limits.processes = 8;
+    let o = s.run(jobs(&s, &["forkcount"], limits));
+    assert_eq!(o.status, Status::RuntimeError, "{}", show(&o));
+    let out = text(&o.stdout);
+    let n: u32 = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .expect("fork count");
+    assert!((1..8).contains(&n) && out.contains("EAGAIN"), "{out}");
+}
+
+#[test]
+fn output_limit_per_stream_with_both_flooding() {
+    let s = common::sandbox();
+    let mut limits = Limits::default();
+    limits.output_bytes = 100_000;
+    let o = s.run(jobs(&s, &["flood2"], limits));
+    assert_eq!(o.status, Status::OutputLimit, "{}", show(&o));
+    assert!(
+        o.stdout.len() <= 100_000 && o.stderr.len() <= 100_000,
+        "{}",
+        show(&o)
+    );
+    assert!(o.stdout_truncated || o.stderr_truncated);
+    assert!(o.wall_time < secs(5.0), "{}", show(&o));
+    // Just under the cap on both streams: nothing is truncated.
+    let o = s.run(sh(
+        &s,
+        "head -c 100000 /dev/zero; head -c 100000 /dev/zero >&2",
+        limits,
+    ));
+    assert_eq!(o.status, Status::Ok, "{}", show(&o));
+    assert_eq!((o.stdout.len(), o.stderr.len()), (100_000, 100_000));
+}
+
+#[test]
+fn file_size_limit() {
+    let s = common::sandbox();
+    let mut limits = Limits::default();
+    limits.file_size_bytes = MIB;
+    let o = s.run(sh(
+        &s,
+        "(head -c 3000000 /dev/zero > f); stat -c 'size %s' f",
+        limits,
+    ));
+    assert_eq!(o.status, Status::Ok, "{}", show(&o));
+    assert_eq!(text(&o.stdout), format!("size {MIB}\n"));
+}
+
+#[test]
+fn disk_size_and_inode_limits() {
+    let s = common::sandbox();
+    let mut limits = Limits::default();
+    limits.disk_bytes = 8 * MIB;
+    let o = s.run(jobs(&s, &["fill", "/tmp"], limits));
+    assert_eq!(o.status, Status::RuntimeError, "{}", show(&o));
+    let out = text(&o.stdout);
+    let wrote: u64 = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(wrote <= 8 * MIB && out.contains("ENOSPC"), "{out}");
+
+    let mut limits = Limits::default();
+    limits.disk_inodes = 200;
+    let o = s.run(jobs(&s, &["inodes"], limits));
+    assert_eq!(o.status, Status::RuntimeError, "{}", show(&o));
+    let out = text(&o.stdout);
+    let files: u64 = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(files < 200 && out.contains("ENOSPC"), "{out}");
+}
+
+#[test]
+fn open_files_limit() {
+    let s = common::sandbox();
+    let mut limits = Limits::default();
+    limits.open_files = 32;
+    let o = s.run(jobs(&s, &["fds"], limits));
+    assert_eq!(o.status, Status::Ok, "{}", show(&o));
+    assert_eq!(
+        text(&o.stdout),
+        "fds 29 errno=EMFILE\n",
+        "0, 1, 2 are open already"
+    );
+}
+
+const LOOPBACK_PY: &str = "import socket\n\
+s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(1)\n\
+c = socket.create_connection(s.getsockname(), timeout=2); a, _ = s.accept()\n\
+c.sendall(b'ping'); print(a.recv(4).decode())\n";
+
+#[test]
+fn network_is_off_by_default() {
+    let s = common::sandbox();
+    let o = s.run(s.spec(&["python3", "-c", LOOPBACK_PY], Limits::default()));
+    assert_eq!(o.status, Status::RuntimeError, "{}", show(&o));
+    assert!(!text(&o.stdout).contains("ping"), "{}", show(&o));
+    let o = s.run(sh(
+        &s,
+        "cat /proc/net/dev | tail -n +3 | awk '{print $1, $2}'",
+        Limits::default(),
+    ));
+    assert_eq!(o.status, Status::Ok, "{}", show(&o));
+    // Only loopback exists, down, with nothing received.
+    assert_eq!(text(&o.stdout), "lo: 0\n", "{}", show(&o));
+}
+
+#[test]
+fn network_grants_loopback_only() {
+    let s = common::sandbox();
+    let host = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = host.local_addr().unwrap().port();
+    let mut spec = s.spec(&["python3", "-c", LOOPBACK_PY], Limits::default());
+    spec.network = true;
+    let o = s.run(spec);
+    assert_eq!(o.status, Status::Ok, "{}", show(&o));
+    assert_eq!(text(&o.stdout), "ping\n");
+    let script = format!(
+        "import socket\nfor addr in [('127.0.0.1', {port}), ('10.0.0.1', 80), ('169.254.169.254', 80), ('8.8.8.8', 53)]:\n    \
+         try:\n        socket.create_connection(addr, timeout=2); print('reached', addr)\n    \
+         except OSError as e:\n        print('failed', addr[0])\n"
+    );
+    let mut spec = s.spec(&["python3", "-c", &script], Limits::default());
+    spec.network = true;
+    spec.limits.wall_time = secs(20.0);
+    let o = s.run(spec);
+    assert_eq!(o.status, Status::Ok, "{}", show(&o));
+    assert!(!text(&o.stdout).contains("reached"), "{}", show(&o));
+    assert_eq!(text(&o.stdout).lines().count(), 4, "{}", show(&o));
+    host.set_nonblocking(true).unwrap();
+    assert!(
+        host.accept().is_err(),
+        "the host's loopback listener was reached"
+    );
+}
+
+#[test]
+fn cli_prints_one_json_object_with_every_field() {
+    let run = common::cli::run(&["sh", "-c", "echo out; echo err >&2; exit 3"], &[]);
+    assert!(run.leftovers.is_empty(), "{:?}", run.leftovers);
+    let json = run.json().unwrap();
+    let fields = [
+        "status",
+        "limit",
+        "exit_code",
+        "signal",
+        "cpu_time_ms",
+        "wall_time_ms",
+        "memory_peak_bytes",
+        "stdout",
+        "stderr",
+        "stdout_truncated",
+        "stderr_truncated",
+    ];
+    for field in fields {
+        assert!(
+            json.get(field).is_some(),
+            "field {field} missing from {json}"
+        );
+    }
+    assert_eq!(
+        json["status"], "runtime_error",
+        "the job failed, the command did not: {json}"
+    );
+    assert_eq!(json["exit_code"], 3);
+    assert_eq!(json["signal"], serde_json::Value::Null);
+    assert_eq!(json["stdout"], "out\n");
+    assert_eq!(json["stderr"], "err\n");
+    assert_eq!(json["stdout_truncated"], false);
+    assert!(json["wall_time_ms"].as_u64().is_some() && json["cpu_time_ms"].as_u64().is_some());
+    assert!(json["memory_peak_bytes"].as_u64().unwrap() > 0);
+
+    let run = common::cli::run_with(
+        &["--cpu-time", "0.3"],
+        &["sh", "-c", "while :; do :; done"],
+        &[],
+    );
+    let json = run.json().unwrap();
+    assert_eq!(
+        (json["status"].as_str(), json["limit"].as_str()),
+        (Some("time_limit"), Some("cpu"))
+    );
+}
+
+#[test]
+fn cli_output_is_valid_json_whatever_the_job_prints() {
+    let run = common::cli::run(
+        &[
+            "printf",
+            "\\033[2J nul:\\000: bad:\\377\\376: \"quoted\" \\\\ end",
+        ],
+        &[],
+    );
+    let json = run.json().unwrap();
+    assert_eq!(json["status"], "ok");
+    let stdout = json["stdout"].as_str().unwrap();
+    assert!(stdout.starts_with("\u{1b}[2J nul:\0: bad:") && stdout.ends_with("\"quoted\" \\ end"));
+}
+
+#[test]
+fn cli_errors_are_one_line_and_non_zero() {
+    let missing = common::cli::run_with(&["--file", "/nonexistent/corral-input"], &["true"], &[]);
+    let image = common::cli::run_with(&["--image", "no-such-image-corral"], &["true"], &[]);
+    let option = common::cli::run_with(&["--cpu-time", "soon"], &["true"], &[]);
+    let unknown = common::cli::run_with(&["--no-such-option"], &["true"], &[]);
+    for (what, run) in [
+        ("missing --file", missing),
+        ("missing image", image),
+        ("bad value", option),
+        ("unknown option", unknown),
+    ] {
+        assert!(!run.status.success(), "{what}: exit status {}", run.status);
+        assert!(run.stdout.is_empty(), "{what}: stdout {:?}", run.stdout);
+        assert_eq!(
+            run.stderr.trim_end().lines().count(),
+            1,
+            "{what}: stderr is not one line: {:?}",
+            run.stderr
+        );
+        assert!(run.leftovers.is_empty(), "{what}: {:?}", run.leftovers);
+    }
+}
