@@ -204,7 +204,7 @@ impl State {
             }
             Command::Cancel(id) => self.cancel(id),
             Command::Connect { tx, rx } => self.connect(tx, rx),
-            Command::FromNode(node, msg) => self.from_node(node, msg).await?,
+            Command::FromNode(node, msg) => self.node_message(node, msg).await?,
             Command::NodeGone(node) => self.node_gone(node).await?,
         }
         Ok(())
@@ -246,7 +246,7 @@ impl State {
         });
     }
 
-    async fn from_node(&mut self, key: u64, msg: WorkerMessage) -> Result<(), StoreError> {
+    async fn node_message(&mut self, key: u64, msg: WorkerMessage) -> Result<(), StoreError> {
         match msg {
             WorkerMessage::Hello { status, languages } => {
                 tracing::info!(node = %status.node.0, slots = status.slots, languages = languages.len(), "node connected");

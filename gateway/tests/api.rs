@@ -134,10 +134,11 @@ async fn cancel_a_queued_job_and_a_running_job() {
     assert!(doc["verdict"].is_null());
     // The queued one never ran.
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let log = h.log.lock().unwrap();
-    assert_eq!(log.assigned.len(), 1);
-    assert_eq!(log.cancelled.len(), 1);
-    drop(log);
+    {
+        let log = h.log.lock().unwrap();
+        assert_eq!(log.assigned.len(), 1);
+        assert_eq!(log.cancelled.len(), 1);
+    }
     let (s, _, doc) = h
         .send(delete(&h.alice, &format!("/v1/jobs/{queued_id}")))
         .await;

@@ -85,18 +85,54 @@ async fn bad_requests_are_refused_with_stable_codes_and_nothing_is_stored() {
         assert!(doc["error"]["message"].is_string(), "{what}: {doc}");
     }
     let others = [
-        (Request::post("/v1/jobs")
-            .header("authorization", format!("Bearer {}", h.alice))
-            .body(Body::from(job(json!({}))))
-            .unwrap(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
-        (post(&h.alice, "/v1/jobs?wait=maybe", job(json!({}))), StatusCode::BAD_REQUEST, "invalid_query"),
-        (post(&h.alice, "/v1/jobs?wait=true&timeout=-1", job(json!({}))), StatusCode::BAD_REQUEST, "invalid_query"),
-        (post(&h.alice, "/v1/jobs?wait=true&timeout=1e9", job(json!({}))), StatusCode::BAD_REQUEST, "invalid_query"),
-        (post(&h.alice, "/v1/jobs?colour=red", job(json!({}))), StatusCode::BAD_REQUEST, "invalid_query"),
-        (post(&h.alice, "/v1/nothing", job(json!({}))), StatusCode::NOT_FOUND, "not_found"),
-        (Request::put("/v1/jobs").body(Body::empty()).unwrap(), StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
-        (common::get(&h.alice, "/v1/jobs?limit=0"), StatusCode::BAD_REQUEST, "invalid_query"),
-        (common::get(&h.alice, "/v1/jobs?cursor=zzz"), StatusCode::BAD_REQUEST, "invalid_query"),
+        (
+            Request::post("/v1/jobs")
+                .header("authorization", format!("Bearer {}", h.alice))
+                .body(Body::from(job(json!({}))))
+                .unwrap(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        (
+            post(&h.alice, "/v1/jobs?wait=maybe", job(json!({}))),
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+        ),
+        (
+            post(&h.alice, "/v1/jobs?wait=true&timeout=-1", job(json!({}))),
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+        ),
+        (
+            post(&h.alice, "/v1/jobs?wait=true&timeout=1e9", job(json!({}))),
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+        ),
+        (
+            post(&h.alice, "/v1/jobs?colour=red", job(json!({}))),
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+        ),
+        (
+            post(&h.alice, "/v1/nothing", job(json!({}))),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            Request::put("/v1/jobs").body(Body::empty()).unwrap(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+        ),
+        (
+            common::get(&h.alice, "/v1/jobs?limit=0"),
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+        ),
+        (
+            common::get(&h.alice, "/v1/jobs?cursor=zzz"),
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+        ),
     ];
     for (req, status, code) in others {
         let what = format!("{} {}", req.method(), req.uri());
@@ -104,6 +140,10 @@ async fn bad_requests_are_refused_with_stable_codes_and_nothing_is_stored() {
         assert_eq!(got, status, "{what}: {doc}");
         assert_eq!(doc["error"]["code"], code, "{what}: {doc}");
     }
-    assert_eq!(h.stored_jobs("alice"), 0, "a refused request left a job behind");
+    assert_eq!(
+        h.stored_jobs("alice"),
+        0,
+        "a refused request left a job behind"
+    );
     assert!(h.log.lock().unwrap().assigned.is_empty());
 }

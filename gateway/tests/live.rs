@@ -67,7 +67,7 @@ async fn events_stream_state_changes_and_output_then_the_document() {
         .expect("the stream ends after the job")
         .unwrap()
         .to_bytes();
-    let events = parse_sse(&String::from_utf8(bytes.to_vec()).unwrap());
+    let events = parse_sse(std::str::from_utf8(&bytes).unwrap());
     let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names.first(), Some(&"state"), "{names:?}");
     assert_eq!(events[0].1["state"], "running");
@@ -84,7 +84,11 @@ async fn events_stream_state_changes_and_output_then_the_document() {
 async fn a_late_subscriber_gets_the_final_state_and_document() {
     let h = Harness::new().await;
     let (_, doc) = h
-        .post(&h.alice, "/v1/jobs?wait=true", &json!({"language": "python", "source": "1"}))
+        .post(
+            &h.alice,
+            "/v1/jobs?wait=true",
+            &json!({"language": "python", "source": "1"}),
+        )
         .await;
     let id = doc["id"].as_str().unwrap();
     let response = h
@@ -94,7 +98,7 @@ async fn a_late_subscriber_gets_the_final_state_and_document() {
         .await
         .unwrap();
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    let events = parse_sse(&String::from_utf8(bytes.to_vec()).unwrap());
+    let events = parse_sse(std::str::from_utf8(&bytes).unwrap());
     assert_eq!(events.len(), 2, "{events:?}");
     assert_eq!(events[0].1["state"], "done");
     assert_eq!(events[1].1["verdict"], "accepted");
@@ -147,8 +151,14 @@ async fn webhooks_are_signed_and_retried_until_delivered() {
     }
     for (headers, body) in &deliveries {
         let sig = headers["x-corral-signature"].to_str().unwrap();
-        assert_eq!(sig, corral_gateway::webhook::signature(&h.alice_secret, body));
-        assert_ne!(sig, corral_gateway::webhook::signature("other secret", body));
+        assert_eq!(
+            sig,
+            corral_gateway::webhook::signature(&h.alice_secret, body)
+        );
+        assert_ne!(
+            sig,
+            corral_gateway::webhook::signature("other secret", body)
+        );
         let doc: Value = serde_json::from_slice(body).unwrap();
         assert_eq!(doc["id"], id);
         assert_eq!(doc["state"], "done");
@@ -168,7 +178,13 @@ async fn a_restart_loses_nothing_and_reruns_interrupted_jobs_once() {
         let body = json!({"language": "python", "source": "1", "stdin": format!("{i}")});
         let (s, doc) = h.post(&h.alice, "/v1/jobs", &body).await;
         assert_eq!(s, StatusCode::ACCEPTED);
-        ids.push(doc["id"].as_str().unwrap().parse::<corral_protocol::JobId>().unwrap());
+        ids.push(
+            doc["id"]
+                .as_str()
+                .unwrap()
+                .parse::<corral_protocol::JobId>()
+                .unwrap(),
+        );
     }
     let started = h.store.start_job(ids[0], 0).unwrap().unwrap();
     assert_eq!(started.attempt, 1);
@@ -177,9 +193,13 @@ async fn a_restart_loses_nothing_and_reruns_interrupted_jobs_once() {
 
     // Second life, from the files only.
     let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
-    let gateway = Gateway::start(Config::default(), store.clone() as Arc<dyn Store>, Default::default())
-        .await
-        .unwrap();
+    let gateway = Gateway::start(
+        Config::default(),
+        store.clone() as Arc<dyn Store>,
+        Default::default(),
+    )
+    .await
+    .unwrap();
     common::connect_fake_node(&gateway, 2, Default::default());
     for (i, id) in ids.iter().enumerate() {
         let mut record = None;
@@ -193,7 +213,10 @@ async fn a_restart_loses_nothing_and_reruns_interrupted_jobs_once() {
         }
         let record = record.expect("job ran after the restart");
         assert_eq!(record.attempts, if i == 0 { 2 } else { 1 });
-        assert_eq!(record.result.unwrap().runs[0].stdout.0, format!("{i}").into_bytes());
+        assert_eq!(
+            record.result.unwrap().runs[0].stdout.0,
+            format!("{i}").into_bytes()
+        );
     }
     // The interrupted attempt's late result is refused; so is a second result of the new one.
     let late = JobResult {

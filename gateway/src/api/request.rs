@@ -215,11 +215,7 @@ fn find_language<'a>(
     languages
         .iter()
         .find(|l| l.id == name)
-        .or_else(|| {
-            languages
-                .iter()
-                .find(|l| l.aliases.iter().any(|a| *a == name))
-        })
+        .or_else(|| languages.iter().find(|l| l.aliases.contains(&name)))
         .ok_or_else(|| {
             let known: Vec<&str> = languages.iter().map(|l| l.id.as_str()).collect();
             ApiError::invalid(
