@@ -2,6 +2,7 @@
 //! dispatcher, webhooks) and one in-process worker node on the real sandbox, joined by the same
 //! protocol messages that cross the network between machines.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -83,13 +84,17 @@ pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
             .await
             .with_context(|| format!("listening on {}", args.listen))?;
         let addr = listener.local_addr()?;
-        println!("corral: listening on http://{addr}");
+        // stdout may be a pipe its reader closed; the service does not depend on it.
+        let mut out = std::io::stdout();
+        let _ = writeln!(out, "corral: listening on http://{addr}");
         if tenants == 0 {
-            println!(
+            let _ = writeln!(
+                out,
                 "corral: no tenants yet; create one with `corral tenant create NAME --data-dir {}`",
                 args.data_dir.display()
             );
         }
+        let _ = out.flush();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = axum::serve(listener, gateway.router()).with_graceful_shutdown(async {
             let _ = stopped.await;
@@ -105,7 +110,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
                 .context("serving HTTP")?,
             Err(_) => eprintln!("corral: closing connections still open"),
         }
-        println!("corral: stopped; unfinished jobs run again at the next start");
+        eprintln!("corral: stopped; unfinished jobs run again at the next start");
         anyhow::Ok(())
     })?;
     // Jobs still running are abandoned here: the store has them as `running`, and the next start

@@ -1,0 +1,149 @@
+//! End to end: a real `corral serve` (child process, port 0) on the real sandbox (needs root; CI
+//! runs as root), driven over HTTP and with `corral submit`: a python hello world with
+//! `?wait=true`, a C judge job with tests, a cancel, and a `kill -9` in the middle of a job.
+
+#[path = "service/server.rs"]
+mod server;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::ensure;
+use serde_json::json;
+use server::{Server, BIN};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+#[test]
+fn python_hello_world_waits_for_its_result() -> anyhow::Result<()> {
+    let server = Server::start(0)?;
+    let body =
+        json!({"language": "python", "source": "print('hello', input())", "stdin": "corral"});
+    let (status, doc) = server.call("POST", "/v1/jobs?wait=true", Some(&body))?;
+    ensure!(status == 200, "{status}: {doc}");
+    assert_eq!(doc["state"], "done", "{doc}");
+    assert_eq!(doc["verdict"], "accepted", "{doc}");
+    assert_eq!(doc["runs"][0]["stdout"], "hello corral\n");
+    assert_eq!(doc["runs"][0]["exit_code"], 0);
+    // Without a key: 401, and the metrics saw the job.
+    let (status, _) = server::request_without_key(&server.url, "/v1/jobs")?;
+    assert_eq!(status, 401);
+    Ok(())
+}
+
+#[test]
+fn c_judge_job_compiles_once_and_judges_each_test() -> anyhow::Result<()> {
+    let server = Server::start(1)?;
+    let source = "#include <stdio.h>\nint main(void){long a,b;if(scanf(\"%ld %ld\",&a,&b)!=2)return 3;printf(\"%ld\\n\",a+b);return 0;}\n";
+    let body = json!({
+        "language": "c",
+        "source": source,
+        "tests": [
+            {"stdin": "1 2", "expected_output": "3"},
+            {"stdin": "40 2", "expected_output": "42\n"},
+            {"stdin": "2 2", "expected_output": "5"},
+            {"stdin": "x"}
+        ],
+    });
+    let (status, doc) = server.call("POST", "/v1/jobs?wait=true", Some(&body))?;
+    ensure!(status == 200, "{status}: {doc}");
+    assert_eq!(doc["compile"]["verdict"], "accepted", "{doc}");
+    let verdicts: Vec<&str> = doc["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["verdict"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        verdicts,
+        ["accepted", "accepted", "wrong_answer", "runtime_error"]
+    );
+    assert_eq!(doc["verdict"], "wrong_answer");
+    let broken = json!({"language": "c", "source": "int main( {"});
+    let (_, doc) = server.call("POST", "/v1/jobs?wait=true", Some(&broken))?;
+    assert_eq!(doc["verdict"], "compilation_error", "{doc}");
+    assert_eq!(doc["runs"], json!([]));
+    Ok(())
+}
+
+#[test]
+fn cancel_kills_a_running_job() -> anyhow::Result<()> {
+    let server = Server::start(2)?;
+    let body = json!({"language": "bash", "source": "echo started; sleep 30", "limits": {"wall_time_ms": 60000}});
+    let (status, doc) = server.call("POST", "/v1/jobs", Some(&body))?;
+    ensure!(status == 202, "{status}: {doc}");
+    let id = doc["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + WAIT;
+    while server.call("GET", &format!("/v1/jobs/{id}"), None)?.1["state"] != "running" {
+        ensure!(Instant::now() < deadline, "never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let cancelled_at = Instant::now();
+    let (status, _) = server.call("DELETE", &format!("/v1/jobs/{id}"), None)?;
+    assert_eq!(status, 202);
+    let doc = server.wait_final(&id, WAIT)?;
+    assert_eq!(doc["state"], "cancelled", "{doc}");
+    assert!(
+        cancelled_at.elapsed() < Duration::from_secs(10),
+        "cancel took {:?}",
+        cancelled_at.elapsed()
+    );
+    Ok(())
+}
+
+#[test]
+fn kill_9_in_the_middle_loses_nothing_and_reruns_the_job() -> anyhow::Result<()> {
+    let mut server = Server::start(3)?;
+    let slow = json!({"language": "bash", "source": "sleep 2; echo slept"});
+    let (_, doc) = server.call("POST", "/v1/jobs", Some(&slow))?;
+    let slow_id = doc["id"].as_str().unwrap().to_string();
+    let mut quick = Vec::new();
+    for i in 0..4 {
+        let body = json!({"language": "bash", "source": "cat", "stdin": format!("{i}")});
+        let (_, doc) = server.call("POST", "/v1/jobs", Some(&body))?;
+        quick.push(doc["id"].as_str().unwrap().to_string());
+    }
+    let deadline = Instant::now() + WAIT;
+    while server.call("GET", &format!("/v1/jobs/{slow_id}"), None)?.1["state"] != "running" {
+        ensure!(Instant::now() < deadline, "never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server.kill9()?;
+    server.spawn()?;
+    let doc = server.wait_final(&slow_id, WAIT)?;
+    assert_eq!(doc["state"], "done", "{doc}");
+    assert_eq!(doc["runs"][0]["stdout"], "slept\n");
+    assert_eq!(doc["attempts"], 2, "the interrupted job ran again: {doc}");
+    for (i, id) in quick.iter().enumerate() {
+        let doc = server.wait_final(id, WAIT)?;
+        assert_eq!(doc["runs"][0]["stdout"], format!("{i}"), "{doc}");
+        assert!(doc["attempts"].as_u64().unwrap() <= 2);
+    }
+    Ok(())
+}
+
+#[test]
+fn corral_submit_prints_the_result() -> anyhow::Result<()> {
+    let server = Server::start(4)?;
+    let file = server.dir.path().join("hello.py");
+    std::fs::write(&file, "print('hi from submit')\n")?;
+    let out = Command::new(BIN)
+        .arg("submit")
+        .arg(&file)
+        .args(["--server", &server.url])
+        .env("CORRAL_KEY", &server.key)
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(out.status.success(), "{out:?}");
+    assert!(stdout.contains("verdict accepted"), "{stdout}");
+    assert!(stdout.contains("hi from submit"), "{stdout}");
+    let out = Command::new(BIN)
+        .arg("submit")
+        .arg(&file)
+        .args(["--server", &server.url, "--json", "--key", &server.key])
+        .output()?;
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(doc["runs"][0]["stdout"], "hi from submit\n");
+    Ok(())
+}
