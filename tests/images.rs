@@ -1,0 +1,244 @@
+//! Images end to end (root, as CI runs): the python image built from its recipe runs a job that
+//! sees the image's python and not the host's, and an OCI tarball made here (two layers, a
+//! whiteout, an opaque directory) is imported and its merged view checked from inside a sandbox.
+//!
+//! The python image is built into a fixed host directory outside the checkout
+//! (`CORRAL_TEST_IMAGES`, default /var/cache/corral-test-images) and reused across CI runs while
+//! its recipe hash is unchanged; the first build takes about two minutes.
+
+#[allow(unused_imports)]
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use corral_images::digest::Digest;
+
+fn corral(args: &[&str], data_dir: &Path) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_corral"))
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .output()
+        .expect("running corral");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.success(), text(&out.stdout), text(&out.stderr))
+}
+
+/// Unmount the store's layer mounts (a node keeps them; a test cleans up).
+fn unmount_layers(data_dir: &Path) {
+    let mnt = data_dir.join("images/mnt");
+    for entry in std::fs::read_dir(&mnt).into_iter().flatten().flatten() {
+        let _ = nix::mount::umount2(&entry.path(), nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+fn job(image: &str, data_dir: &Path, cmd: &[&str]) -> serde_json::Value {
+    let data = data_dir.display().to_string();
+    let run = common::cli::run_with(&["--image", image, "--data-dir", &data], cmd, &[]);
+    assert!(run.leftovers.is_empty(), "{:?}", run.leftovers);
+    let value = run.json().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(value["status"], "ok", "{value}");
+    value
+}
+
+#[test]
+fn python_image_from_its_recipe_runs_jobs_with_the_images_python() {
+    common::require_root();
+    let cache = PathBuf::from(
+        std::env::var("CORRAL_TEST_IMAGES")
+            .unwrap_or_else(|_| "/var/cache/corral-test-images".into()),
+    );
+    let (ok, _, err) = corral(&["image", "build", "python"], &cache);
+    assert!(ok, "corral image build python failed:\n{err}");
+    let (ok, ls, err) = corral(&["image", "ls", "--json"], &cache);
+    assert!(ok, "{err}");
+    let images: serde_json::Value = serde_json::from_str(&ls).unwrap();
+    let python = images
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "python")
+        .expect("python listed");
+    let version = python["manifest"]["packages"]["python3"]
+        .as_str()
+        .expect("python3 version recorded")
+        .to_string();
+    let upstream = version.split(['-', '+']).next().unwrap().to_string();
+
+    let out = job("python", &cache, &["/usr/bin/python3", "--version"]);
+    assert_eq!(
+        out["stdout"].as_str().unwrap().trim(),
+        format!("Python {upstream}"),
+        "manifest says python3 {version}"
+    );
+    let out = job("python", &cache, &["/bin/sh", "-c", "cat /etc/corral-image; test -e /usr/bin/mmdebstrap && echo host-visible || echo host-hidden"]);
+    assert_eq!(out["stdout"], "python\nhost-hidden\n");
+    let out = job(
+        "python",
+        &cache,
+        &[
+            "python3",
+            "-c",
+            "import os; print(os.environ.get('PYTHONDONTWRITEBYTECODE'))",
+        ],
+    );
+    assert_eq!(out["stdout"], "1\n", "the image's env reaches the job");
+
+    let data = cache.display().to_string();
+    let run = common::cli::run_with(
+        &["--image", "no-such-image", "--data-dir", &data],
+        &["true"],
+        &[],
+    );
+    assert!(
+        !run.status.success(),
+        "a missing image must fail, not fall back to the host"
+    );
+    assert_eq!(run.stderr.trim().lines().count(), 1, "{:?}", run.stderr);
+    assert!(
+        run.stderr.contains("no-such-image") && run.stderr.contains("not found"),
+        "{}",
+        run.stderr
+    );
+    unmount_layers(&cache);
+}
+
+const PROBE: &str = r#"
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+static int cmp(const void *a, const void *b) { return strcmp(*(char **)a, *(char **)b); }
+int main(int argc, char **argv) {
+    for (int i = 1; i < argc; i++) {
+        DIR *d = opendir(argv[i]);
+        if (d) {
+            char *names[64]; int n = 0; struct dirent *e;
+            while ((e = readdir(d)) && n < 64)
+                if (e->d_name[0] != '.') names[n++] = strdup(e->d_name);
+            qsort(names, n, sizeof *names, cmp);
+            printf("%s:", argv[i]);
+            for (int j = 0; j < n; j++) printf(" %s", names[j]);
+            printf("\n");
+            continue;
+        }
+        FILE *f = fopen(argv[i], "r");
+        if (!f) { printf("%s: missing\n", argv[i]); continue; }
+        char buf[256]; size_t len = fread(buf, 1, sizeof buf - 1, f); buf[len] = 0;
+        printf("%s= %s", argv[i], buf);
+        fclose(f);
+    }
+    printf("GREETING=%s\n", getenv("GREETING") ? getenv("GREETING") : "(unset)");
+    return 0;
+}
+"#;
+
+fn layer(entries: &[(&str, Option<&[u8]>, u32)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data, mode) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(*mode);
+        match data {
+            Some(bytes) => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_size(bytes.len() as u64);
+                b.append_data(&mut h, name, *bytes).unwrap();
+            }
+            None => {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_size(0);
+                b.append_data(&mut h, name, &[][..]).unwrap();
+            }
+        }
+    }
+    b.into_inner().unwrap()
+}
+
+fn oci_tarball(layers: &[Vec<u8>]) -> Vec<u8> {
+    let diff_ids: Vec<String> = layers
+        .iter()
+        .map(|l| Digest::of_bytes(l).to_string())
+        .collect();
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Env": ["PATH=/bin", "GREETING=from-the-config"], "WorkingDir": "/"},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids}}))
+    .unwrap();
+    let descs: Vec<_> = layers.iter().map(|l| serde_json::json!({
+        "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": Digest::of_bytes(l).to_string(), "size": l.len()})).collect();
+    let manifest = serde_json::to_vec(&serde_json::json!({"schemaVersion": 2,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": Digest::of_bytes(&config).to_string(), "size": config.len()},
+        "layers": descs})).unwrap();
+    let index = serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": Digest::of_bytes(&manifest).to_string(),
+        "size": manifest.len(), "annotations": {"org.opencontainers.image.ref.name": "probe:1"}}]})).unwrap();
+    let mut members = vec![
+        (
+            "oci-layout".to_string(),
+            br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec(),
+        ),
+        ("index.json".into(), index),
+    ];
+    for blob in [manifest, config].into_iter().chain(layers.iter().cloned()) {
+        members.push((
+            format!("blobs/sha256/{}", Digest::of_bytes(&blob).hex()),
+            blob,
+        ));
+    }
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data) in members {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, name, &data[..]).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+#[test]
+fn imported_oci_tarball_shows_its_merged_view_inside_the_sandbox() {
+    common::require_root();
+    let probe = common::compile_c("image_probe", PROBE);
+    let lower = layer(&[
+        ("bin", None, 0o755),
+        ("bin/probe", Some(&probe), 0o755),
+        ("etc", None, 0o755),
+        ("etc/a", Some(b"lower\n"), 0o644),
+        ("gone.txt", Some(b"gone\n"), 0o644),
+        ("d", None, 0o755),
+        ("d/old1", Some(b"1"), 0o644),
+        ("d/old2", Some(b"2"), 0o644),
+    ]);
+    let upper = layer(&[
+        (".wh.gone.txt", Some(b""), 0o644),
+        ("d", None, 0o755),
+        ("d/.wh..wh..opq", Some(b""), 0o644),
+        ("d/new", Some(b"n"), 0o644),
+        ("etc/a", Some(b"upper\n"), 0o644),
+    ]);
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let file = tmp.path().join("probe.tar");
+    std::fs::write(&file, oci_tarball(&[lower, upper])).unwrap();
+    let (ok, out, err) = corral(&["image", "import", file.to_str().unwrap()], &data);
+    assert!(ok, "import failed: {err}");
+    assert!(out.starts_with("probe:1 sha256:"), "{out}");
+
+    let value = job(
+        "probe:1",
+        &data,
+        &["/bin/probe", "/etc/a", "/gone.txt", "/d"],
+    );
+    assert_eq!(
+        value["stdout"],
+        "/etc/a= upper\n/gone.txt: missing\n/d: new\nGREETING=from-the-config\n"
+    );
+
+    let (ok, out, err) = corral(&["image", "rm", "probe:1"], &data);
+    assert!(ok, "{err}");
+    assert!(out.contains("probe:1"));
+    let (ok, _, err) = corral(&["image", "rm", "probe:1"], &data);
+    assert!(!ok && err.contains("not found"), "{err}");
+    unmount_layers(&data);
+}
