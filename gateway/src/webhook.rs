@@ -85,11 +85,7 @@ async fn deliver(
     let found = db
         .call(move |s| {
             let record = s.get_job(&tenant, job)?;
-            let secret = s
-                .list_tenants()?
-                .into_iter()
-                .find(|t| t.name == tenant)
-                .map(|t| t.webhook_secret);
+            let secret = s.tenant_by_name(&tenant)?.map(|t| t.webhook_secret);
             Ok(record.zip(secret))
         })
         .await?;

@@ -65,6 +65,8 @@ pub trait Store: Send + Sync + 'static {
     fn create_tenant(&self, tenant: &NewTenant) -> Result<(), StoreError>;
     /// The tenant owning an API key (by the key's SHA-256 hex digest), revoked or not.
     fn tenant_by_key_hash(&self, key_hash: &str) -> Result<Option<Tenant>, StoreError>;
+    /// A tenant by name, revoked or not.
+    fn tenant_by_name(&self, name: &str) -> Result<Option<Tenant>, StoreError>;
     /// All tenants, by name.
     fn list_tenants(&self) -> Result<Vec<Tenant>, StoreError>;
     /// Revokes a tenant's key; false when there is no such tenant.
@@ -148,3 +150,6 @@ pub fn now_ms() -> i64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests;

@@ -16,7 +16,7 @@ use super::{
 };
 
 /// Schema versions, applied in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[r#"
+pub(super) const MIGRATIONS: &[&str] = &[r#"
 CREATE TABLE tenants (
     name TEXT PRIMARY KEY,
     key_hash TEXT NOT NULL UNIQUE,
@@ -82,7 +82,7 @@ impl SqliteStore {
         })
     }
 
-    fn conn(&self) -> MutexGuard<'_, Connection> {
+    pub(super) fn conn(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave a transaction half-applied (it rolls back
         // on drop), so a poisoned lock is safe to reuse.
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
@@ -233,6 +233,14 @@ impl Store for SqliteStore {
         Ok(self
             .conn()
             .query_row(&sql, [key_hash], tenant_from_row)
+            .optional()?)
+    }
+
+    fn tenant_by_name(&self, name: &str) -> Result<Option<Tenant>, StoreError> {
+        let sql = format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE name = ?1");
+        Ok(self
+            .conn()
+            .query_row(&sql, [name], tenant_from_row)
             .optional()?)
     }
 
