@@ -72,6 +72,15 @@ pub(super) fn io_error(e: cgroups_rs::fs::error::Error) -> std::io::Error {
     }
 }
 
+/// A limit as the `i64` cgroups-rs takes; larger values are refused rather than wrapped.
+pub(super) fn to_i64(value: u64, path: PathBuf) -> Result<i64, CgroupError> {
+    i64::try_from(value).map_err(|_| CgroupError::SetLimit {
+        path,
+        value: value.to_string(),
+        source: std::io::Error::from(ErrorKind::InvalidInput),
+    })
+}
+
 pub(super) fn parse_error(path: PathBuf, text: &str) -> CgroupError {
     CgroupError::Parse {
         path,

@@ -33,6 +33,8 @@ mod v2;
 mod tests;
 #[cfg(test)]
 mod tests_privileged;
+#[cfg(test)]
+mod tests_v2;
 
 /// How long `kill_all` (and the emptying part of `remove`) may take before giving up.
 const KILL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -302,6 +304,30 @@ fn sweep_in<G>(
         }
     }
     Ok(removed)
+}
+
+/// The limits last written to a slot cgroup. Jobs in a row mostly share their limits, and nothing
+/// but the slot's holder writes its cgroup files (jobs have no cgroupfs), so unchanged limits are
+/// not written again (on v1 that saves five file operations, ~75 µs, per job).
+#[derive(Default)]
+struct AppliedLimits(std::sync::Mutex<Option<CgroupLimits>>);
+
+impl AppliedLimits {
+    /// Run `write` unless `limits` are the ones it last wrote successfully.
+    fn apply(
+        &self,
+        limits: &CgroupLimits,
+        write: impl FnOnce() -> Result<(), CgroupError>,
+    ) -> Result<(), CgroupError> {
+        let mut applied = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if applied.as_ref() == Some(limits) {
+            return Ok(());
+        }
+        *applied = None;
+        write()?;
+        *applied = Some(limits.clone());
+        Ok(())
+    }
 }
 
 /// `<parent>/<slot>` (or `<parent>` alone) as a relative path, refusing empty names, absolute

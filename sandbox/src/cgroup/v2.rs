@@ -16,7 +16,7 @@ use cgroups_rs::fs::MaxValue;
 
 use super::files::{self, poll_until};
 use super::mounts::{self, CgroupMount};
-use super::{CgroupError, CgroupLimits, SlotCgroup, Usage};
+use super::{AppliedLimits, CgroupError, CgroupLimits, SlotCgroup, Usage};
 
 /// How often `cgroup.kill` is written again while waiting for the cgroup to empty.
 const KILL_ROUND: Duration = Duration::from_millis(100);
@@ -33,6 +33,7 @@ pub(super) struct V2Slot {
     /// `cpu.stat` usage exists without it).
     cpu: Option<CpuController>,
     peak: Mutex<Peak>,
+    applied: AppliedLimits,
     kill_timeout: Duration,
 }
 
@@ -87,6 +88,7 @@ impl V2Slot {
             }),
             mount: mount.clone(),
             dir,
+            applied: AppliedLimits::default(),
             kill_timeout,
         })
     }
@@ -139,6 +141,32 @@ impl V2Slot {
         ))
     }
 
+    /// memory.max, memory.swap.max = 0 (RAM + swap = the limit), pids.max, cpu.max.
+    fn write_limits(&self, limits: &CgroupLimits) -> Result<(), CgroupError> {
+        let limit_err = |name: &str, value: String| {
+            let path = self.file(name);
+            move |e| CgroupError::SetLimit {
+                path,
+                value,
+                source: files::io_error(e),
+            }
+        };
+        let bytes = limits.memory_bytes;
+        self.memory
+            .set_limit(files::to_i64(bytes, self.file("memory.max"))?)
+            .map_err(limit_err("memory.max", bytes.to_string()))?;
+        if self.swap {
+            self.memory
+                .set_memswap_limit(0)
+                .map_err(limit_err("memory.swap.max", "0".into()))?;
+        }
+        let pids = files::to_i64(limits.pids, self.file("pids.max"))?;
+        self.pids
+            .set_pid_max(MaxValue::Value(pids))
+            .map_err(limit_err("pids.max", pids.to_string()))?;
+        self.set_cpu_quota(limits)
+    }
+
     fn set_cpu_quota(&self, limits: &CgroupLimits) -> Result<(), CgroupError> {
         let (quota, period) = match (limits.cpu_quota, &self.cpu) {
             (None, None) => return Ok(()),
@@ -150,7 +178,10 @@ impl V2Slot {
             }
             // "max" keeps the current period.
             (None, Some(_)) => (-1, None),
-            (Some(q), Some(_)) => (to_i64(q.quota_us, self.file("cpu.max"))?, Some(q.period_us)),
+            (Some(q), Some(_)) => (
+                files::to_i64(q.quota_us, self.file("cpu.max"))?,
+                Some(q.period_us),
+            ),
         };
         let cpu = self.cpu.as_ref().expect("matched above");
         cpu.set_cfs_quota_and_period(Some(quota), period)
@@ -204,38 +235,9 @@ fn enable_controllers(dir: &Path) -> Result<bool, CgroupError> {
     Ok(has(&available, "cpu"))
 }
 
-fn to_i64(value: u64, path: PathBuf) -> Result<i64, CgroupError> {
-    i64::try_from(value).map_err(|_| CgroupError::SetLimit {
-        path,
-        value: value.to_string(),
-        source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
-    })
-}
-
 impl SlotCgroup for V2Slot {
     fn set_limits(&self, limits: &CgroupLimits) -> Result<(), CgroupError> {
-        let limit_err = |name: &str, value: String| {
-            let path = self.file(name);
-            move |e| CgroupError::SetLimit {
-                path,
-                value,
-                source: files::io_error(e),
-            }
-        };
-        let bytes = limits.memory_bytes;
-        self.memory
-            .set_limit(to_i64(bytes, self.file("memory.max"))?)
-            .map_err(limit_err("memory.max", bytes.to_string()))?;
-        if self.swap {
-            self.memory
-                .set_memswap_limit(0)
-                .map_err(limit_err("memory.swap.max", "0".into()))?;
-        }
-        let pids = to_i64(limits.pids, self.file("pids.max"))?;
-        self.pids
-            .set_pid_max(MaxValue::Value(pids))
-            .map_err(limit_err("pids.max", pids.to_string()))?;
-        self.set_cpu_quota(limits)
+        self.applied.apply(limits, || self.write_limits(limits))
     }
 
     fn add_process(&self, pid: u32) -> Result<(), CgroupError> {
