@@ -77,8 +77,14 @@ pub fn restrict(rules: &Rules, require_full: bool) -> Result<Enforcement, Landlo
     let device_rights = AccessFs::ReadFile | AccessFs::WriteFile;
     let status = ruleset
         .create()?
-        .add_rules(path_beneath_rules(&rules.read_exec, AccessFs::from_read(abi)))?
-        .add_rules(path_beneath_rules(&rules.read_write, AccessFs::from_all(abi)))?
+        .add_rules(path_beneath_rules(
+            &rules.read_exec,
+            AccessFs::from_read(abi),
+        ))?
+        .add_rules(path_beneath_rules(
+            &rules.read_write,
+            AccessFs::from_all(abi),
+        ))?
         .add_rules(path_beneath_rules(&rules.write_files, device_rights))?
         .restrict_self()?;
     let enforcement = match status.ruleset {
@@ -133,7 +139,9 @@ mod tests {
                     std::fs::write(inside.join("f"), b"ok").map_err(|e| e.kind()),
                     std::fs::write(&outside_path, b"no").map_err(|e| e.kind()),
                     std::fs::read_dir("/usr").map(|_| ()).map_err(|e| e.kind()),
-                    std::fs::read("/etc/hostname").map(|_| ()).map_err(|e| e.kind()),
+                    std::fs::read("/etc/hostname")
+                        .map(|_| ())
+                        .map_err(|e| e.kind()),
                     std::fs::write("/dev/null", b"x").map_err(|e| e.kind()),
                 )
             });
