@@ -5,8 +5,9 @@
 //! holds only job ids per tenant (oldest first); specs stay in the store until a job is assigned.
 //! Placement and fair sharing are `corral-balancer`'s plain functions over snapshots of this state.
 //!
-//! A node is a channel pair speaking the protocol: the dispatcher sends `Assign` only while its
-//! own count of the node's unfinished jobs is below the node's slots, and records each `Done` with
+//! A node is a channel pair speaking the protocol: the dispatcher sends `Assign` only while both
+//! its own count of the node's unfinished jobs is below the node's slots and the node's last
+//! report shows a free slot, and records each `Done` with
 //! the attempt it assigned, so a result is stored exactly once. When a node's channel closes, its
 //! jobs go back to the front of their tenants' queues.
 
@@ -312,6 +313,8 @@ impl State {
             JobState::Done
         };
         if let Some(run) = run {
+            tracing::info!(job = %id, tenant = %run.tenant, language = %run.language,
+                state = state.as_str(), verdict = verdict.as_str(), attempt, "job finished");
             self.metrics
                 .job_duration
                 .with_label_values(&[&run.language])
@@ -378,7 +381,9 @@ impl State {
                 .iter()
                 .filter_map(|(k, n)| {
                     let mut s = n.status.clone()?;
-                    s.free_slots = s.slots.saturating_sub(n.in_flight);
+                    // Our own count covers assignments the node has not reported yet; its
+                    // report covers slots a job's parallel tests took.
+                    s.free_slots = s.slots.saturating_sub(n.in_flight).min(s.free_slots);
                     Some((*k, s))
                 })
                 .unzip();

@@ -229,3 +229,43 @@ async fn a_restart_loses_nothing_and_reruns_interrupted_jobs_once() {
     let record = store.get_job("alice", ids[0]).unwrap().unwrap();
     assert_eq!(record.result.unwrap().verdict, Verdict::Accepted);
 }
+
+#[tokio::test]
+async fn a_lost_node_s_jobs_run_again_on_another_node() {
+    let h = Harness::with(Config::default(), common::quota(), 0).await;
+    // A node that takes one job and then disappears.
+    let (to_node, mut from_gateway) = mpsc::channel(8);
+    let (to_gateway, from_node) = mpsc::channel(8);
+    assert!(h.gateway.dispatcher().connect(to_node, from_node));
+    let hello = corral_protocol::WorkerMessage::Hello {
+        status: common::status(1),
+        languages: common::languages(),
+    };
+    to_gateway.send(hello).await.unwrap();
+    let (_, doc) = h
+        .post(
+            &h.alice,
+            "/v1/jobs",
+            &json!({"language": "python", "source": "1", "stdin": "again"}),
+        )
+        .await;
+    let id = doc["id"].as_str().unwrap().to_string();
+    let assigned = tokio::time::timeout(Duration::from_secs(5), from_gateway.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(
+        assigned,
+        corral_protocol::CoordinatorMessage::Assign { .. }
+    ));
+    wait_state(&h, &id, "running").await;
+    drop((to_gateway, from_gateway));
+    wait_state(&h, &id, "queued").await;
+    // A healthy node arrives and runs it.
+    let log = Arc::default();
+    common::connect_fake_node(&h.gateway, 1, Arc::clone(&log));
+    let doc = h.wait_done(&h.alice, &id).await;
+    assert_eq!(doc["state"], "done");
+    assert_eq!(doc["attempts"], 2);
+    assert_eq!(doc["runs"][0]["stdout"], "again");
+}
