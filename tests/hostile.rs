@@ -5,7 +5,7 @@
 //! limits, the outcomes HOSTILE.md accepts and the extra assertions the row demands. The
 //! `row_tests!` list generates one `#[test]` per entry (so CI names the failing row), and
 //! `every_row_has_a_test` / `every_hostile_row_is_covered` keep the list and the table in step.
-//! After every row, [`common::after_checks`] checks the host: no process of a slot uid, slot cgroups
+//! After every row, [`common::checks::after_checks`] checks the host: no process of a slot uid, slot cgroups
 //! holding only their spawners, no mount left, no file created outside the job's tmpfs, and every
 //! slot's next job starting clean.
 //!
@@ -20,7 +20,8 @@ mod custom;
 
 use std::time::Duration;
 
-use common::{after_checks, HostSnapshot, Shared};
+use common::checks::{after_checks, HostSnapshot};
+use common::Shared;
 use corral_sandbox::{Limits, Outcome, Spec, Status, TimeLimitKind};
 
 use Status::{MemoryLimit as ML, Ok as OK, OutputLimit as OL, RuntimeError as RE, TimeLimit as TL};

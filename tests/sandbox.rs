@@ -90,8 +90,10 @@ fn exit_codes_and_signals_are_reported() {
 fn stdin_bytes_reach_the_job_exactly() {
     let s = common::sandbox();
     let bytes: Vec<u8> = (0..3 * MIB as usize).map(|i| (i * 7 % 256) as u8).collect();
-    let mut limits = Limits::default();
-    limits.output_bytes = 4 * MIB;
+    let limits = Limits {
+        output_bytes: 4 * MIB,
+        ..Limits::default()
+    };
     let mut spec = s.spec(&["cat"], limits);
     spec.stdin = Stdin::Bytes(bytes.clone());
     let o = s.run(spec);
@@ -222,9 +224,11 @@ fn environment_is_the_image_plus_the_spec_only() {
 #[test]
 fn cpu_time_limit() {
     let s = common::sandbox();
-    let mut limits = Limits::default();
-    limits.cpu_time = secs(0.5);
-    limits.wall_time = secs(20.0);
+    let limits = Limits {
+        cpu_time: secs(0.5),
+        wall_time: secs(20.0),
+        ..Limits::default()
+    };
     let o = s.run(jobs(&s, &["spin"], limits));
     assert_eq!(
         (o.status, o.limit),
@@ -242,8 +246,10 @@ fn cpu_time_limit() {
 #[test]
 fn wall_time_limit() {
     let s = common::sandbox();
-    let mut limits = Limits::default();
-    limits.wall_time = secs(0.5);
+    let limits = Limits {
+        wall_time: secs(0.5),
+        ..Limits::default()
+    };
     let o = s.run(s.spec(&["sleep", "10"], limits));
     assert_eq!(
         (o.status, o.limit),
@@ -261,9 +267,11 @@ fn wall_time_limit() {
 #[test]
 fn cpu_time_counts_every_thread() {
     let s = common::sandbox();
-    let mut limits = Limits::default();
-    limits.cpu_time = secs(1.0);
-    limits.wall_time = secs(20.0);
+    let limits = Limits {
+        cpu_time: secs(1.0),
+        wall_time: secs(20.0),
+        ..Limits::default()
+    };
     // Exact accounting: the job's own threads report the CPU they used together.
     let o = s.run(jobs(&s, &["cputhreads", "4", "600"], limits));
     assert_eq!(o.status, Status::Ok, "{}", show(&o));
@@ -287,8 +295,10 @@ fn cpu_time_counts_every_thread() {
 #[test]
 fn memory_limit() {
     let s = common::sandbox();
-    let mut limits = Limits::default();
-    limits.memory_bytes = 48 * MIB;
+    let limits = Limits {
+        memory_bytes: 48 * MIB,
+        ..Limits::default()
+    };
     let o = s.run(jobs(&s, &["hog", "200"], limits));
     assert_eq!(o.status, Status::MemoryLimit, "{}", show(&o));
     assert!(o.memory_peak_bytes <= 48 * MIB, "{}", o.memory_peak_bytes);
@@ -300,8 +310,10 @@ fn memory_limit() {
 #[test]
 fn process_limit() {
     let s = common::sandbox();
-    let mut limits = Limits::default();
-    limits.processes = 8;
+    let limits = Limits {
+        processes: 8,
+        ..Limits::default()
+    };
     let o = s.run(jobs(&s, &["forkcount"], limits));
     assert_eq!(o.status, Status::RuntimeError, "{}", show(&o));
     let out = text(&o.stdout);
@@ -316,8 +328,10 @@ fn process_limit() {
 #[test]
 fn output_limit_per_stream_with_both_flooding() {
     let s = common::sandbox();
-    let mut limits = Limits::default();
-    limits.output_bytes = 100_000;
+    let limits = Limits {
+        output_bytes: 100_000,
+        ..Limits::default()
+    };
     let o = s.run(jobs(&s, &["flood2"], limits));
     assert_eq!(o.status, Status::OutputLimit, "{}", show(&o));
     assert!(
@@ -340,8 +354,10 @@ fn output_limit_per_stream_with_both_flooding() {
 #[test]
 fn file_size_limit() {
     let s = common::sandbox();
-    let mut limits = Limits::default();
-    limits.file_size_bytes = MIB;
+    let limits = Limits {
+        file_size_bytes: MIB,
+        ..Limits::default()
+    };
     let o = s.run(sh(
         &s,
         "(head -c 3000000 /dev/zero > f); stat -c 'size %s' f",
@@ -354,8 +370,10 @@ fn file_size_limit() {
 #[test]
 fn disk_size_and_inode_limits() {
     let s = common::sandbox();
-    let mut limits = Limits::default();
-    limits.disk_bytes = 8 * MIB;
+    let limits = Limits {
+        disk_bytes: 8 * MIB,
+        ..Limits::default()
+    };
     let o = s.run(jobs(&s, &["fill", "/tmp"], limits));
     assert_eq!(o.status, Status::RuntimeError, "{}", show(&o));
     let out = text(&o.stdout);
@@ -366,8 +384,10 @@ fn disk_size_and_inode_limits() {
         .unwrap();
     assert!(wrote <= 8 * MIB && out.contains("ENOSPC"), "{out}");
 
-    let mut limits = Limits::default();
-    limits.disk_inodes = 200;
+    let limits = Limits {
+        disk_inodes: 200,
+        ..Limits::default()
+    };
     let o = s.run(jobs(&s, &["inodes"], limits));
     assert_eq!(o.status, Status::RuntimeError, "{}", show(&o));
     let out = text(&o.stdout);
@@ -382,8 +402,10 @@ fn disk_size_and_inode_limits() {
 #[test]
 fn open_files_limit() {
     let s = common::sandbox();
-    let mut limits = Limits::default();
-    limits.open_files = 32;
+    let limits = Limits {
+        open_files: 32,
+        ..Limits::default()
+    };
     let o = s.run(jobs(&s, &["fds"], limits));
     assert_eq!(o.status, Status::Ok, "{}", show(&o));
     assert_eq!(

@@ -116,6 +116,7 @@ pub fn after_checks(shared: &Shared, before: &HostSnapshot) -> Vec<String> {
     problems.extend(leftover_mounts(shared));
     problems.extend(host_changes(shared, before));
     problems.extend(files_owned_by_slots(base));
+    problems.extend(host_ipc_of_slots(base));
     problems.extend(next_jobs_start_clean(shared));
     problems
 }
@@ -337,6 +338,34 @@ fn scan_owned(dir: &Path, base: u32, depth: u32, problems: &mut Vec<String>) {
             scan_owned(&entry.path(), base, depth - 1, problems);
         }
     }
+}
+
+/// SysV IPC objects in the host's namespace created or owned by a slot uid.
+fn host_ipc_of_slots(base: u32) -> Vec<String> {
+    let mut problems = Vec::new();
+    for kind in ["shm", "msg", "sem"] {
+        let path = format!("/proc/sysvipc/{kind}");
+        let table = std::fs::read_to_string(&path).unwrap_or_default();
+        let mut lines = table.lines();
+        let header: Vec<&str> = lines.next().unwrap_or("").split_whitespace().collect();
+        let columns: Vec<usize> = ["uid", "cuid"]
+            .iter()
+            .filter_map(|c| header.iter().position(|h| h == c))
+            .collect();
+        for line in lines {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let owned = columns.iter().any(|&i| {
+                fields
+                    .get(i)
+                    .and_then(|u| u.parse::<u32>().ok())
+                    .is_some_and(|u| in_range(u, base))
+            });
+            if owned {
+                problems.push(format!("host {path} holds a slot's object: {line}"));
+            }
+        }
+    }
+    problems
 }
 
 /// What a clean slot shows: its uid, and nothing else.

@@ -8,7 +8,7 @@
 //!   torn down (slot cgroups and cgroup parent removed, state directory deleted) when the last test
 //!   waiting for it is done.
 //! - [`compile_c`]: a static binary from C source, cached per test binary.
-//! - [`HostSnapshot`] and [`after_checks`]: what HOSTILE.md asks after every hostile job.
+//! - [`checks::HostSnapshot`] and [`checks::after_checks`]: what HOSTILE.md asks after every hostile job.
 #![allow(dead_code)]
 
 pub mod checks;
@@ -23,8 +23,6 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use corral_sandbox::{
     FileIn, Helper, Image, Limits, Outcome, Sandbox, SandboxConfig, Spec, StreamKind,
 };
-
-pub use checks::{after_checks, HostSnapshot};
 
 /// Slots of the shared sandbox.
 pub const SLOTS: usize = 2;
