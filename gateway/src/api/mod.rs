@@ -69,6 +69,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
         .layer(middleware::from_fn_with_state(state.clone(), count_errors))
         .with_state(state)
 }
@@ -88,6 +89,16 @@ async fn count_errors(State(state): State<AppState>, req: Request, next: Next) -
             .inc();
     }
     response
+}
+
+/// A handler panicked (a bug): log it and answer the generic 500, never the panic message.
+fn panicked(cause: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let message = cause
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| cause.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown panic");
+    ApiError::internal(format_args!("handler panicked: {message}")).into_response()
 }
 
 async fn not_found() -> ApiError {
