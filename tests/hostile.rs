@@ -34,6 +34,8 @@ const MIB: u64 = 1 << 20;
 pub enum Program {
     /// `./jobs ARGS...` (tests/hostile/jobs.c).
     Jobs(&'static [&'static str]),
+    /// `./jobs ARGS...` while a neighbour job in the other slot and the host keep forking.
+    JobsBeside(&'static [&'static str]),
     /// `./probe NAMES...`: every probe must be denied (`getpid` and `fork` are added as controls
     /// that must succeed).
     Probe(&'static [&'static str]),
@@ -133,7 +135,7 @@ fn cpu_limit_hit(o: &Outcome, limit: Duration) -> Result<(), String> {
 /// The table. Ids are HOSTILE.md's row numbers; letters mark variants of the same class.
 #[rustfmt::skip]
 pub static ROWS: &[Row] = &[
-    Row { id: "01", name: "for(;;);", program: Program::Jobs(&["spin"]), limits: cpu1,
+    Row { id: "01", name: "for(;;);", program: Program::JobsBeside(&["spin"]), limits: cpu1,
         expect: Expect::Status(&[TL]), check: |_, o| cpu_limit_hit(o, secs(1.0)) },
     Row { id: "02a", name: "sleep(1000)", program: Program::Jobs(&["sleep"]),
         limits: |l| l.wall_time = secs(1.0), expect: Expect::Status(&[TL]),
@@ -147,7 +149,7 @@ pub static ROWS: &[Row] = &[
             ensure(o.limit == Some(TimeLimitKind::Wall), || format!("limit {:?}", o.limit))?;
             ensure(o.cpu_time < secs(0.2), || format!("cpu {:?} for a reader", o.cpu_time))
         } },
-    Row { id: "03", name: "8 spinning threads", program: Program::Jobs(&["threads", "8"]), limits: cpu1,
+    Row { id: "03", name: "8 spinning threads", program: Program::JobsBeside(&["threads", "8"]), limits: cpu1,
         expect: Expect::Status(&[TL]),
         check: |_, o| {
             cpu_limit_hit(o, secs(1.0))?;
@@ -164,7 +166,7 @@ pub static ROWS: &[Row] = &[
                 format!("reported cpu {:?}, the job's own threads used {own:?}", o.cpu_time)
             })
         } },
-    Row { id: "04a", name: "while(1) fork();", program: Program::Jobs(&["forkbomb"]),
+    Row { id: "04a", name: "while(1) fork();", program: Program::JobsBeside(&["forkbomb"]),
         limits: |l| { l.processes = 32; l.cpu_time = secs(1.0); l.wall_time = secs(3.0) },
         expect: Expect::Status(&[RE, TL]), check: no_check },
     Row { id: "04b", name: "fork until fork fails", program: Program::Jobs(&["forkcount"]),
@@ -454,6 +456,14 @@ fn run_row(id: &str) {
                 result: shared.sandbox.run(spec, &mut |_, _| {}),
                 problems: vec![],
             }
+        }
+        Program::JobsBeside(args) => {
+            spec.argv = ["./jobs"]
+                .iter()
+                .chain(args.iter())
+                .map(|s| s.to_string())
+                .collect();
+            custom::beside_neighbour(&shared, spec)
         }
         Program::Probe(names) => {
             probes = names.iter().map(|s| s.to_string()).collect();

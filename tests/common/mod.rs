@@ -6,7 +6,8 @@
 //!   cgroup parent `corral-test-<pid>` and uid range), used by one test at a time: the after-checks
 //!   need a quiet sandbox, and serial jobs keep CPU measurements honest on a small machine. It is
 //!   torn down (slot cgroups and cgroup parent removed, state directory deleted) when the last test
-//!   waiting for it is done.
+//!   waiting for it is done. `CORRAL_TEST_USERNS=1` starts it in user-namespace mode
+//!   ([`SandboxConfig::user_namespace`]), so the same suites cover both modes.
 //! - [`compile_c`]: a static binary from C source, cached per test binary.
 //! - [`checks::HostSnapshot`] and [`checks::after_checks`]: what HOSTILE.md asks after every hostile job.
 #![allow(dead_code)]
@@ -144,7 +145,8 @@ fn start() -> Shared {
         require_landlock: true,
         keep_cgroups: false,
         keep_netns: false,
-        user_namespace: false,
+        // CORRAL_TEST_USERNS=1 runs the whole suite with each job's PID 1 in a user namespace.
+        user_namespace: std::env::var_os("CORRAL_TEST_USERNS").is_some_and(|v| v == "1"),
     };
     let sandbox = Sandbox::new(config).unwrap_or_else(|e| panic!("starting the sandbox: {e}"));
     Shared {

@@ -611,3 +611,34 @@ pub fn concurrent(shared: &Shared, spec: Spec) -> Ran {
     }
     ran(first.expect("at least one job"), problems)
 }
+
+/// Rows 1, 3, 4: while the row's job runs, the host still forks and a job in the other slot
+/// forks 20 children and finishes promptly.
+pub fn beside_neighbour(shared: &Shared, spec: Spec) -> Ran {
+    std::thread::scope(|scope| {
+        let main = scope.spawn(|| shared.sandbox.run(spec, &mut |_, _| {}));
+        std::thread::sleep(Duration::from_millis(300));
+        let mut problems = Vec::new();
+        if main.is_finished() {
+            problems.push("the row's job ended before its neighbour started".into());
+        }
+        match Command::new("true").status() {
+            Ok(s) if s.success() => {}
+            other => problems.push(format!("the host could not fork: {other:?}")),
+        }
+        let script = "i=0; while [ $i -lt 20 ]; do sleep 0 & i=$((i+1)); done; wait; echo forked";
+        let n = shared.run(shared.spec(&["sh", "-c", script], Limits::default()));
+        if n.status != Status::Ok || n.stdout != b"forked\n" || n.wall_time > Duration::from_secs(5)
+        {
+            problems.push(format!(
+                "the neighbour job suffered: {:?} {:?} {:?} wall {:?}",
+                n.status,
+                common::text(&n.stdout),
+                common::text(&n.stderr),
+                n.wall_time
+            ));
+        }
+        let result = main.join().expect("row job thread");
+        ran(result, problems)
+    })
+}
