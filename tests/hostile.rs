@@ -284,6 +284,8 @@ pub static ROWS: &[Row] = &[
         limits: defaults, expect: Expect::Status(&[OK, RE]), check: no_check },
     Row { id: "24", name: "collected files replaced by links, FIFO, device, sparse 1 TiB", program: Program::Custom(custom::read_back),
         limits: |l| l.file_size_bytes = 2 << 40, expect: Expect::Status(&[OK]), check: no_check },
+    Row { id: "24b", name: "collected file swapped between a symlink and a file while read back", program: Program::Custom(custom::read_back_race),
+        limits: defaults, expect: Expect::Status(&[OK]), check: no_check },
     Row { id: "25", name: "input file names with ../, absolute paths", program: Program::Custom(custom::bad_names),
         limits: defaults, expect: Expect::Refused, check: no_check },
     Row { id: "26", name: "open /proc/self/exe, /proc/1/exe for writing", program: Program::Probe(&[
@@ -536,7 +538,8 @@ row_tests! {
     row_14_fill_workdir: "14", row_15_inodes: "15", row_16_emfile: "16", row_17_sysv_ipc: "17",
     row_18a_stdout_flood: "18a", row_18b_both_flood: "18b", row_19_weird_output: "19",
     row_20_close_stdout: "20", row_21a_secrets: "21a", row_21b_environment: "21b",
-    row_22_other_jobs: "22", row_23_persistence: "23", row_24_read_back: "24", row_25_bad_names: "25",
+    row_22_other_jobs: "22", row_23_persistence: "23", row_24_read_back: "24",
+    row_24b_read_back_race: "24b", row_25_bad_names: "25",
     row_26_proc_exe: "26", row_27_mounts: "27", row_28_namespaces: "28", row_29_setuid: "29",
     row_30_devices: "30", row_31_sys: "31", row_32_io_uring: "32", row_33_kernel_primitives: "33",
     row_34_host_changes: "34", row_35_hostname: "35", row_36_personality: "36", row_37_network: "37",

@@ -551,3 +551,63 @@ fn cli_errors_are_one_line_and_non_zero() {
         assert!(run.leftovers.is_empty(), "{what}: {:?}", run.leftovers);
     }
 }
+
+#[test]
+fn dropping_a_sandbox_removes_its_cgroups_and_spawners() {
+    common::require_root();
+    let state = tempfile::tempdir().unwrap();
+    let parent = format!("corral-test-{}-drop", std::process::id());
+    let sandbox = corral_sandbox::Sandbox::new(corral_sandbox::SandboxConfig {
+        slots: 2,
+        state_dir: state.path().to_path_buf(),
+        cgroup_parent: parent.clone(),
+        uid_base: common::uid_base(2),
+        helper: corral_sandbox::Helper::Exec(env!("CARGO_BIN_EXE_corral").into()),
+        require_landlock: true,
+        keep_cgroups: false,
+        keep_netns: false,
+        user_namespace: false,
+    })
+    .unwrap();
+    let spec = Spec {
+        image: sandbox.host_image(),
+        argv: vec!["true".into()],
+        ..Spec::default()
+    };
+    let o = sandbox.run(spec, &mut |_, _| {}).unwrap();
+    assert_eq!(o.status, Status::Ok, "{}", show(&o));
+    let dirs: Vec<_> = sandbox
+        .idle_slots()
+        .into_iter()
+        .flat_map(|s| s.cgroup_dirs)
+        .collect();
+    let spawners: Vec<String> = dirs
+        .iter()
+        .flat_map(|d| {
+            std::fs::read_to_string(d.join("cgroup.procs"))
+                .unwrap_or_default()
+                .lines()
+                .map(String::from)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(
+        !dirs.is_empty() && !spawners.is_empty(),
+        "{dirs:?} {spawners:?}"
+    );
+    drop(sandbox);
+    for dir in &dirs {
+        assert!(!dir.exists(), "{} survived the sandbox", dir.display());
+    }
+    for pid in &spawners {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "spawner {pid} survived"
+        );
+    }
+    common::remove_cgroup_parent(&parent);
+    assert!(
+        common::cgroup_parent_dirs(&parent).is_empty(),
+        "cgroup parent {parent} left"
+    );
+}

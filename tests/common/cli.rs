@@ -42,7 +42,7 @@ impl CliRun {
 
 /// uid range of CLI runs from this test process (disjoint from [`super::test_uid_base`]'s).
 pub fn cli_uid_base() -> u32 {
-    3_000_000_000 + (std::process::id() % 100_000) * super::UID_RANGE
+    super::uid_base(1)
 }
 
 /// `corral sandbox run [OPTIONS] -- CMD...` with extra environment variables.

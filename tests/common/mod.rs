@@ -124,10 +124,16 @@ pub fn sandbox() -> Guard {
     Guard(Some(guard))
 }
 
-/// This process's uid range: distinct per test process (8192 uids per pid, pid_max ≤ 4,194,304
-/// keeps it below 2^32; far from the service's default 1,000,000).
+/// uid ranges of this test process: `kind` 0 for the shared sandbox, 1 for CLI runs, 2 for
+/// private sandboxes of single tests. Each kind has its own band of 50,000 ranges of 8192 uids
+/// (~410 M uids), indexed by pid, all below 2^31 and far from the service's default 1,000,000.
+pub fn uid_base(kind: u32) -> u32 {
+    100_000_000 + kind * 50_000 * UID_RANGE + (std::process::id() % 50_000) * UID_RANGE
+}
+
+/// The shared sandbox's uid range.
 pub fn test_uid_base() -> u32 {
-    200_000_000 + (std::process::id() % 400_000) * UID_RANGE
+    uid_base(0)
 }
 
 fn start() -> Shared {

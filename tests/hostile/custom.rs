@@ -565,6 +565,12 @@ pub fn concurrent(shared: &Shared, spec: Spec) -> Ran {
     let files = spec.files;
     let jobs = 2 * shared.sandbox.slots();
     let mut problems = Vec::new();
+    let cgroups: Vec<std::path::PathBuf> = shared
+        .sandbox
+        .idle_slots()
+        .into_iter()
+        .flat_map(|s| s.cgroup_dirs)
+        .collect();
     let (results, host_forks) = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..jobs)
             .map(|_| {
@@ -575,6 +581,10 @@ pub fn concurrent(shared: &Shared, spec: Spec) -> Ran {
             .collect();
         let mut forks = 0;
         while !handles.iter().all(|h| h.is_finished()) {
+            // Once every slot runs one of these jobs (limits are set per job).
+            if forks >= 5 {
+                problems.extend(slots_fit_the_host(&cgroups));
+            }
             match Command::new("true").status() {
                 Ok(s) if s.success() => forks += 1,
                 other => problems.push(format!(
@@ -641,4 +651,57 @@ pub fn beside_neighbour(shared: &Shared, spec: Spec) -> Ran {
         let result = main.join().expect("row job thread");
         ran(result, problems)
     })
+}
+
+/// Row 24b: a daemon keeps swapping the collected file between a symlink and a regular file while
+/// the job exits; the read-back gets the regular file or a refusal, never the link's target.
+pub fn read_back_race(shared: &Shared, mut spec: Spec) -> Ran {
+    sh(
+        &mut spec,
+        "setsid sh -c 'trap \"\" HUP TERM; while :; do ln -sf /etc/passwd t1; mv -f t1 out; \
+         echo regular > t2; mv -f t2 out; done' </dev/null >/dev/null 2>&1 & sleep 0.3; exit 0",
+    );
+    spec.collect = vec!["out".into()];
+    let result = shared.sandbox.run(spec, &mut |_, _| {});
+    let mut problems = Vec::new();
+    if let Ok(o) = &result {
+        match o.files.first().map(|f| &f.contents) {
+            Some(Ok(c)) if c.as_slice() == b"regular\n" => {}
+            Some(Err(e)) if e.contains("symbolic link") || e.contains("not found") => {}
+            other => problems.push(format!("read back {other:?}")),
+        }
+    }
+    ran(result, problems)
+}
+
+fn read_number(path: &std::path::Path) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// The slots' process and memory limits together stay well within the host's pid_max and RAM.
+fn slots_fit_the_host(cgroups: &[std::path::PathBuf]) -> Vec<String> {
+    let pid_max = read_number("/proc/sys/kernel/pid_max".as_ref()).unwrap_or(32768);
+    let ram = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(u64::MAX, |kb| kb * 1024);
+    let sum = |file: &str| -> u64 {
+        cgroups
+            .iter()
+            .filter_map(|d| read_number(&d.join(file)))
+            .fold(0u64, u64::saturating_add)
+    };
+    let (pids, memory) = (sum("pids.max"), sum("memory.limit_in_bytes"));
+    let mut problems = Vec::new();
+    if pids == 0 || pids * 2 > pid_max {
+        problems.push(format!(
+            "slots may hold {pids} processes with pid_max {pid_max}"
+        ));
+    }
+    if memory == 0 || memory > ram {
+        problems.push(format!("slots may use {memory} bytes of {ram}"));
+    }
+    problems
 }
