@@ -115,6 +115,26 @@ pub(super) fn remove_dir(path: &Path, deadline: Instant) -> Result<(), CgroupErr
     }
 }
 
+/// Remove the parent cgroup of a just-removed slot cgroup when no other slot is left in it, so
+/// that parents (`corral-test-<pid>` ones especially) do not pile up. Another process's slots
+/// keep it (EBUSY); a process creating a slot under it at the same time retries (see `open_in`).
+pub(super) fn remove_parent_if_empty(slot_dir: &Path) {
+    let Some(parent) = slot_dir.parent() else {
+        return;
+    };
+    match std::fs::remove_dir(parent) {
+        Ok(()) => tracing::debug!(cgroup = %parent.display(), "removed the empty parent cgroup"),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EBUSY | libc::ENOTEMPTY | libc::ENOENT)
+            ) => {}
+        Err(error) => {
+            tracing::warn!(cgroup = %parent.display(), %error, "removing the empty parent cgroup")
+        }
+    }
+}
+
 /// Call `done` until it returns true or `deadline` passes, sleeping a little more each time (from
 /// 100 µs to [`MAX_POLL`]). Returns the last answer.
 pub(super) fn poll_until<E>(

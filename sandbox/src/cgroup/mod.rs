@@ -170,6 +170,19 @@ pub enum CgroupError {
     },
 }
 
+impl CgroupError {
+    /// A directory or file was missing (as when a parent cgroup is removed concurrently).
+    fn is_not_found(&self) -> bool {
+        let source = match self {
+            CgroupError::Create { source, .. }
+            | CgroupError::Read { source, .. }
+            | CgroupError::EnableControllers { source, .. } => source,
+            _ => return false,
+        };
+        source.kind() == std::io::ErrorKind::NotFound
+    }
+}
+
 /// What a slot's cgroup enforces for the next job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CgroupLimits {
@@ -260,10 +273,22 @@ fn open_in(
     slot: &str,
 ) -> Result<Box<dyn SlotCgroup>, CgroupError> {
     let rel = cgroup_path(parent, Some(slot))?;
-    Ok(match layout {
-        mounts::Layout::V1(m) => Box::new(v1::V1Slot::open(m, &rel, KILL_TIMEOUT)?),
-        mounts::Layout::V2(m) => Box::new(v2::V2Slot::open(m, &rel, KILL_TIMEOUT)?),
-    })
+    let mut retries = 2;
+    loop {
+        let opened: Result<Box<dyn SlotCgroup>, CgroupError> = match layout {
+            mounts::Layout::V1(m) => {
+                v1::V1Slot::open(m, &rel, KILL_TIMEOUT).map(|s| Box::new(s) as _)
+            }
+            mounts::Layout::V2(m) => {
+                v2::V2Slot::open(m, &rel, KILL_TIMEOUT).map(|s| Box::new(s) as _)
+            }
+        };
+        match opened {
+            // Another process removed the (then empty) parent between our steps: start over.
+            Err(e) if retries > 0 && e.is_not_found() => retries -= 1,
+            other => return other,
+        }
+    }
 }
 
 /// Remove the cgroups under `<parent>` that a crashed process left behind. Each child cgroup's

@@ -218,6 +218,7 @@ impl SlotCgroup for V1Slot {
         let deadline = Instant::now() + self.kill_timeout;
         for (_, dir) in &self.dirs {
             files::remove_dir(dir, deadline)?;
+            files::remove_parent_if_empty(dir);
         }
         Ok(())
     }

@@ -329,6 +329,8 @@ impl SlotCgroup for V2Slot {
 
     fn remove(&self) -> Result<(), CgroupError> {
         self.kill_all()?;
-        files::remove_dir(&self.dir, Instant::now() + self.kill_timeout)
+        files::remove_dir(&self.dir, Instant::now() + self.kill_timeout)?;
+        files::remove_parent_if_empty(&self.dir);
+        Ok(())
     }
 }
