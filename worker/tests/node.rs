@@ -10,7 +10,11 @@ use corral_protocol::{
     Bytes, Compare, CoordinatorMessage, JobEvent, JobId, JobResult, JobSpec, LanguageInfo, Limits,
     NodeStatus, RunStatus, SourceFile, TestCase, Verdict, WorkerMessage,
 };
-use corral_worker::{serve_node, ProcessExecutor, Worker, WorkerConfig};
+use corral_sandbox::spec::CancelToken;
+use corral_sandbox::{Outcome, StreamKind};
+use corral_worker::{
+    serve_node, ExecError, ExecRequest, Executor, ProcessExecutor, Worker, WorkerConfig,
+};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -43,12 +47,20 @@ impl Job {
     }
 }
 
+/// A node with python and c only (self-testing every language in every test is slow).
 async fn start(slots: usize) -> anyhow::Result<Node> {
+    let executor = Arc::new(ProcessExecutor::new(slots));
+    let mut languages = LanguageSet::builtin();
+    languages.retain(|l| ["python", "c"].contains(&l.id.as_str()));
+    start_with(executor, languages).await
+}
+
+async fn start_with(executor: Arc<dyn Executor>, languages: LanguageSet) -> anyhow::Result<Node> {
     let registry = prometheus::Registry::new();
     let worker = Worker::new(
         WorkerConfig::new("test-node"),
-        Arc::new(ProcessExecutor::new(slots)),
-        LanguageSet::builtin(),
+        executor,
+        languages,
         &registry,
     )?;
     let (tx, from_worker) = mpsc::channel(16);
@@ -165,7 +177,7 @@ const PY_DOUBLE: &str = "print(int(input()) * 2)\n";
 
 #[tokio::test]
 async fn hello_lists_self_tested_languages_with_versions() -> anyhow::Result<()> {
-    let node = start(3).await?;
+    let node = start_with(Arc::new(ProcessExecutor::new(3)), LanguageSet::builtin()).await?;
     assert_eq!(node.hello.slots, 3);
     assert_eq!(node.hello.free_slots, 3);
     assert_eq!(node.hello.node.0, "test-node");
@@ -467,5 +479,111 @@ async fn closing_the_coordinator_side_cancels_running_jobs_and_ends() -> anyhow:
     let done = node.collect(id).await?;
     assert!(done.cancelled);
     tokio::time::timeout(WAIT, node.task).await???;
+    Ok(())
+}
+
+/// Passes version probes through to plain processes, then fails every job's command.
+struct FailingExecutor(ProcessExecutor);
+
+impl Executor for FailingExecutor {
+    fn slots(&self) -> usize {
+        1
+    }
+
+    fn run(
+        &self,
+        request: ExecRequest,
+        cancel: &CancelToken,
+        on_output: &mut dyn FnMut(StreamKind, &[u8]),
+    ) -> Result<Outcome, ExecError> {
+        if request.argv.iter().any(|a| a == "--version") {
+            return self.0.run(request, cancel, on_output);
+        }
+        Err(ExecError::UnknownImage("gone".into()))
+    }
+
+    fn images(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+#[tokio::test]
+async fn executor_failures_become_internal_error_runs() -> anyhow::Result<()> {
+    let executor = Arc::new(FailingExecutor(ProcessExecutor::new(1)));
+    let mut languages = LanguageSet::builtin();
+    languages.retain(|l| l.id == "python");
+    let mut node = start_with(executor, languages).await?;
+    assert_eq!(node.languages.len(), 1);
+    let done = node
+        .run(job(
+            "python",
+            "main.py",
+            PY_DOUBLE,
+            &[("1", Some("2")), ("2", Some("4"))],
+        ))
+        .await?;
+    assert_eq!(done.result.verdict, Verdict::InternalError);
+    assert_eq!(done.result.runs.len(), 2);
+    for run in &done.result.runs {
+        assert_eq!(run.status, RunStatus::InternalError);
+        assert!(
+            run.error.as_deref().unwrap_or_default().contains("gone"),
+            "{run:?}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_missing_compile_artifact_is_a_compilation_error() -> anyhow::Result<()> {
+    // A "compiler" that succeeds without writing the artifact it promises.
+    let text = r#"
+id = "fakec"
+name = "Fake C"
+extensions = ["fc"]
+image = "host"
+source_file = "main.fc"
+[version]
+argv = ["bash", "--version"]
+regex = 'version (\S+)'
+[compile]
+argv = ["true", "{sources}"]
+artifacts = ["a.out"]
+[compile.limits]
+cpu_time_ms = 5000
+wall_time_ms = 10000
+memory_bytes = 268435456
+processes = 16
+output_bytes = 65536
+file_size_bytes = 1048576
+[run]
+argv = ["./a.out"]
+[run.limits]
+cpu_time_ms = 5000
+wall_time_ms = 10000
+memory_bytes = 268435456
+processes = 16
+output_bytes = 65536
+file_size_bytes = 1048576
+"#;
+    let language = corral_images::language::Language::parse("fakec.toml", text)?;
+    let languages = LanguageSet::new(vec![language])?;
+    let mut node = start_with(Arc::new(ProcessExecutor::new(1)), languages).await?;
+    let done = node.run(job("fakec", "main.fc", "", &[])).await?;
+    assert_eq!(done.result.verdict, Verdict::CompilationError);
+    let compile = done.result.compile.context("compile result")?;
+    assert_eq!(
+        compile.status,
+        RunStatus::Ok,
+        "the compiler itself exited 0"
+    );
+    assert!(
+        compile
+            .stderr
+            .to_string_lossy()
+            .contains("compile artifact a.out: not found"),
+        "{compile:?}"
+    );
+    assert!(done.result.runs.is_empty());
     Ok(())
 }
