@@ -19,6 +19,11 @@
 //! - `v2`: one directory in the unified hierarchy; kill with `cgroup.kill`.
 //! - `kill`: the freeze / SIGKILL / thaw loop of v1, over a small trait so its logic is tested.
 //! - `files`: reading and parsing cgroup files with errors that name the file.
+//! - `tests` (detection, v1) and `tests_v2`: fixture trees; `tests_privileged`: real cgroups on
+//!   this host under `corral-test-<pid>` parents (root only).
+//!
+//! Slot cgroups are removed by [`SlotCgroup::remove`] (which also removes the parent once it is
+//! empty) and, for a crashed process's leftovers, by [`sweep`] at start-up.
 
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
@@ -243,11 +248,13 @@ pub trait SlotCgroup: Send + Sync {
     fn cpu_usage_ns(&self) -> Result<u64, CgroupError>;
     /// All counters.
     fn usage(&self) -> Result<Usage, CgroupError>;
-    /// Every process in the cgroup, sorted (the slot's spawner included).
+    /// Every process in the cgroup, sorted (the slot's spawner included). On v1 as the pids
+    /// hierarchy lists them: processes join every hierarchy together.
     fn pids(&self) -> Result<Vec<u32>, CgroupError>;
     /// Kill every process in the cgroup (the spawner included) and wait until it is empty.
     fn kill_all(&self) -> Result<(), CgroupError>;
-    /// Kill everything in it and remove the cgroup's directories.
+    /// Kill everything in it and remove the cgroup's directories (and the parent's, once no slot
+    /// is left in it).
     fn remove(&self) -> Result<(), CgroupError>;
 }
 
