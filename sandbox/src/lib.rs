@@ -226,8 +226,16 @@ impl Sandbox {
 
     /// Read-only views of the slots that are not running a job right now (all of them when no
     /// `run` is in progress), lowest index first. For tests and diagnostics.
+    ///
+    /// It first waits for each idle slot's last PID 1 to be reaped (its namespaces torn down), so
+    /// what it shows is the state the slot's next job would start from.
     pub fn idle_slots(&self) -> Vec<SlotInfo> {
-        let free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        for slot in free.iter_mut() {
+            if let Err(e) = slot.settle(&self.config.helper) {
+                tracing::warn!(slot = slot.index, error = %e, "settling an idle slot");
+            }
+        }
         let mut slots: Vec<SlotInfo> = free
             .iter()
             .map(|slot| SlotInfo {
@@ -271,8 +279,10 @@ impl Sandbox {
     fn take_slot(&self) -> Slot {
         let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            if let Some(slot) = free.pop() {
-                return slot;
+            // Oldest-returned first: consecutive jobs rotate over the slots, so each slot's last
+            // PID 1 has the other slots' jobs' time to finish tearing down.
+            if !free.is_empty() {
+                return free.remove(0);
             }
             free = self.available.wait(free).unwrap_or_else(|p| p.into_inner());
         }
@@ -283,10 +293,16 @@ impl Drop for Sandbox {
     fn drop(&mut self) {
         let slots = std::mem::take(&mut *self.free.lock().unwrap_or_else(|p| p.into_inner()));
         for mut slot in slots {
-            slot.discard_spawner();
             if self.config.keep_cgroups {
+                // The cgroups stay for the next process: it settles whatever is still exiting
+                // (a one-shot command does not wait for its job's namespaces to be torn down).
+                slot.discard_spawner();
                 continue;
             }
+            if let Err(e) = slot.settle(&self.config.helper) {
+                tracing::warn!(slot = slot.index, error = %e, "settling a slot");
+            }
+            slot.discard_spawner();
             if let Err(e) = slot.cgroup.remove() {
                 tracing::warn!(slot = slot.index, error = %e, "removing slot cgroup");
             }

@@ -96,6 +96,9 @@ pub(crate) struct Slot {
     home_files: Vec<PathBuf>,
     /// Where the slot's persistent network namespace is pinned, if the sandbox keeps one.
     pub netns: Option<PathBuf>,
+    /// PID 1 of the last job when it has reported but not yet been reaped (its namespaces may
+    /// still be tearing down). Collected by [`Slot::settle`] before the slot's next job.
+    pending: Option<Launched>,
     /// Held for the slot's lifetime: no other process uses this index, uid or cgroup meanwhile.
     _lease: Lease,
 }
@@ -116,6 +119,7 @@ impl Slot {
             spawner: None,
             netns,
             home_files,
+            pending: None,
             _lease: lease,
         })
     }
@@ -306,6 +310,24 @@ impl Slot {
                 })
             }
         }
+    }
+
+    /// Remember a reported job's PID 1, to be reaped by [`Slot::settle`].
+    pub fn defer_reap(&mut self, launched: Launched) {
+        self.pending = Some(launched);
+    }
+
+    /// Wait until the previous job's PID 1 is reaped, then check that nothing but the spawner is
+    /// left in the slot's cgroup. Called before each job and before the slot is inspected.
+    pub fn settle(&mut self, helper: &Helper) -> Result<(), Error> {
+        if let Some(launched) = self.pending.take() {
+            if let Err(e) = self.reap(helper, &launched) {
+                self.discard_spawner();
+                self.ensure_clean()?;
+                return Err(e);
+            }
+        }
+        self.ensure_clean()
     }
 
     /// After a job: nothing but the spawner may remain in the slot's cgroup. If anything does (it

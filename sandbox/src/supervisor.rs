@@ -17,7 +17,7 @@ use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::cgroup::{CgroupLimits, CpuQuota, Usage};
-use crate::slot::Slot;
+use crate::slot::{Launched, Slot};
 use crate::spec::{CancelToken, FileOut, Limits, Outcome, Spec, Status, Stdin, TimeLimitKind};
 use crate::wire::{self, JobExit, Report};
 use crate::{sys, Error, StreamKind};
@@ -60,6 +60,9 @@ pub(crate) fn run(
     if cancel.as_ref().is_some_and(CancelToken::is_cancelled) {
         return Ok(cancelled_before_start());
     }
+    // The previous job's PID 1 may still be tearing its namespaces down: wait for it here, so
+    // nothing of it (processes, CPU, memory) is counted for this job.
+    slot.settle(helper)?;
     slot.cgroup.set_limits(&cgroup_limits(&limits))?;
     slot.cgroup.reset_peak()?;
     let before = slot.cgroup.usage()?;
@@ -75,8 +78,8 @@ pub(crate) fn run(
         before.cpu_ns,
         on_output,
     );
-    let observed = match result {
-        Ok(observed) => observed,
+    let (observed, launched) = match result {
+        Ok(done) => done,
         Err(e) => {
             // The spawner's state is unknown: replace it, and leave nothing running.
             slot.discard_spawner();
@@ -85,7 +88,10 @@ pub(crate) fn run(
         }
     };
     let after = slot.cgroup.usage()?;
-    slot.ensure_clean()?;
+    // PID 1 has reported and closed every pipe: the job and all its processes are gone. What is
+    // left is the kernel tearing down its namespaces and mounts (an RCU grace period, milliseconds
+    // on a busy host); the slot collects that exit before its next job (see `Slot::settle`).
+    slot.defer_reap(launched);
     Ok(outcome(observed, &before, &after, &limits, &req))
 }
 
@@ -112,7 +118,7 @@ fn supervise(
     cancel: Option<&CancelToken>,
     cpu_before: u64,
     on_output: &mut dyn FnMut(StreamKind, &[u8]),
-) -> Result<Observed, Error> {
+) -> Result<(Observed, Launched), Error> {
     let pipes = Pipes::new(stdin)?;
     let started = Instant::now();
     let blob_refs: Vec<&[u8]> = blobs.iter().map(Vec::as_slice).collect();
@@ -142,8 +148,13 @@ fn supervise(
             on_output,
         )
     };
-    slot.reap(helper, &launched)?;
-    observed
+    match observed {
+        Ok(observed) => Ok((observed, launched)),
+        Err(e) => {
+            slot.reap(helper, &launched)?;
+            Err(e)
+        }
+    }
 }
 
 /// The job's pipes: child ends go to the spawner, parent ends stay here.
@@ -336,12 +347,18 @@ fn pump(
 }
 
 impl Pumper<'_> {
-    /// Until PID 1 has exited and every pipe reached end of file.
+    /// Until every pipe reached end of file and, unless PID 1 reported normally, PID 1 exited.
+    ///
+    /// A report means PID 1 had already killed and reaped every process of its namespace, so the
+    /// kernel tearing its namespaces down (an RCU grace period, milliseconds on a busy host) is left
+    /// to finish in the background (see `Slot::settle`). When the supervisor killed PID 1 (a limit,
+    /// a cancel) or PID 1 died without a report, the job's processes die only with PID 1's exit:
+    /// that is waited for, so no job process outlives the returned outcome.
     fn running(&self) -> bool {
-        self.ends.stdout.is_some()
-            || self.ends.stderr.is_some()
-            || self.ends.report.is_some()
-            || self.exited.is_none()
+        let pipes_open =
+            self.ends.stdout.is_some() || self.ends.stderr.is_some() || self.ends.report.is_some();
+        let reported = self.kill.is_none() && !self.report.is_empty();
+        pipes_open || (self.exited.is_none() && !reported)
     }
 
     /// Kill the job (once) for `why`.
