@@ -292,6 +292,11 @@ pub static ROWS: &[Row] = &[
             "openw=/proc/self/exe", "openw=/proc/1/exe", "open=/proc/1/root", "openw=/usr/bin/sh",
             "openw=/bin/sh", "openw=/proc/1/mem", "open_by_handle_at"]),
         limits: defaults, expect: Expect::Status(&[OK]), check: no_check },
+    Row { id: "26b", name: "a host binary's /proc/self/exe opened for writing", program: Program::Sh(
+            "for f in /proc/self/exe /proc/$$/exe /proc/1/exe; do (exec 3>>\"$f\") 2>/dev/null && echo \"wrote $f\"; done; \
+             cat /proc/self/exe > /dev/null && echo readable; true"),
+        limits: defaults, expect: Expect::Status(&[OK]),
+        check: |_, o| ensure(stdout(o) == "readable\n", || format!("stdout {:?}", stdout(o))) },
     Row { id: "27", name: "mount, umount, pivot_root, chroot, new mount API", program: Program::Probe(&[
             "mount", "mount_bind_proc", "mount_remount_rw", "umount2", "umount_dev", "pivot_root", "chroot",
             "fsopen", "fsmount", "open_tree", "move_mount", "mount_setattr", "userns_mount"]),
@@ -540,7 +545,8 @@ row_tests! {
     row_20_close_stdout: "20", row_21a_secrets: "21a", row_21b_environment: "21b",
     row_22_other_jobs: "22", row_23_persistence: "23", row_24_read_back: "24",
     row_24b_read_back_race: "24b", row_25_bad_names: "25",
-    row_26_proc_exe: "26", row_27_mounts: "27", row_28_namespaces: "28", row_29_setuid: "29",
+    row_26_proc_exe: "26",
+    row_26b_host_exe: "26b", row_27_mounts: "27", row_28_namespaces: "28", row_29_setuid: "29",
     row_30_devices: "30", row_31_sys: "31", row_32_io_uring: "32", row_33_kernel_primitives: "33",
     row_34_host_changes: "34", row_35_hostname: "35", row_36_personality: "36", row_37_network: "37",
     row_38_sockets: "38", row_39a_compiler_includes: "39a", row_39b_compiler_urandom: "39b",
