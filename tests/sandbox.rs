@@ -611,3 +611,44 @@ fn dropping_a_sandbox_removes_its_cgroups_and_spawners() {
         "cgroup parent {parent} left"
     );
 }
+
+#[test]
+fn cpu_quota_slows_the_job_down() {
+    let s = common::sandbox();
+    let limits = Limits {
+        cpu_quota_millicpus: Some(250),
+        cpu_time: secs(5.0),
+        wall_time: secs(30.0),
+        ..Limits::default()
+    };
+    // 250 ms of CPU at a quarter of a CPU cannot take less than about a second of wall time.
+    let o = s.run(jobs(&s, &["cputhreads", "2", "250"], limits));
+    assert_eq!(o.status, Status::Ok, "{}", show(&o));
+    assert!(o.wall_time >= secs(0.8), "{}", show(&o));
+    assert!(
+        o.cpu_time >= secs(0.25) && o.cpu_time < secs(0.5),
+        "{}",
+        show(&o)
+    );
+}
+
+#[test]
+fn cli_copies_files_and_stdin_in() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("hello.sh");
+    std::fs::write(&script, "#!/bin/sh\nread name\necho \"hello $name\"\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o750)).unwrap();
+    let input = dir.path().join("input");
+    std::fs::write(&input, "corral\n").unwrap();
+    let (script, input) = (script.to_str().unwrap(), input.to_str().unwrap());
+    let run = common::cli::run_with(
+        &["--file", script, "--stdin", input],
+        &["sh", "-c", "stat -c %a hello.sh; ./hello.sh"],
+        &[],
+    );
+    assert!(run.leftovers.is_empty(), "{:?}", run.leftovers);
+    let json = run.json().unwrap();
+    assert_eq!(json["status"], "ok", "{json}");
+    assert_eq!(json["stdout"], "750\nhello corral\n");
+}
