@@ -7,7 +7,7 @@
 //! scopes signals), cannot see it (`hidepid`, other uid) and cannot ptrace it (not dumpable, seccomp).
 
 use std::io::Read;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitStatus};
@@ -41,6 +41,24 @@ pub fn init_main(req: &JobRequest, blobs: &[Vec<u8>], fds: InitFds) -> ! {
         report,
         sync,
     } = fds;
+    // Hold nothing of the process it was cloned from (a caller's terminal, sockets, the slot's
+    // lease lock): only the job's pipes and the report.
+    let mut keep = vec![
+        stdin.as_raw_fd(),
+        stdout.as_raw_fd(),
+        stderr.as_raw_fd(),
+        report.as_raw_fd(),
+    ];
+    keep.extend(sync.as_ref().map(AsRawFd::as_raw_fd));
+    if let Err(e) = sys::close_all_except(&keep) {
+        let error = format!("closing inherited descriptors: {e}");
+        let out = Report {
+            setup_error: Some(error),
+            ..Report::default()
+        };
+        let _ = write_frame(&mut std::fs::File::from(report), &out, &[]);
+        sys::exit_now(1);
+    }
     let mut out = Report::default();
     let mut collected = Vec::new();
     if let Err(e) = contain_and_run(

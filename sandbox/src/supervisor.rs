@@ -527,7 +527,12 @@ fn outcome(
         signal: None,
         cpu_time: cpu,
         wall_time: wall,
-        memory_peak_bytes: after.memory_peak_bytes,
+        // The peak was reset to the usage at the start (the spawner and page cache earlier jobs
+        // left charged to the reused slot cgroup, reclaimable under pressure): count only what
+        // this job added on top of it.
+        memory_peak_bytes: after
+            .memory_peak_bytes
+            .saturating_sub(before.memory_peak_bytes),
         stdout: Vec::new(),
         stderr: Vec::new(),
         stdout_truncated: stdout.truncated,

@@ -127,6 +127,27 @@ pub fn close_from(first: u32) -> nix::Result<()> {
     Errno::result(ret).map(drop)
 }
 
+/// Close every descriptor except those in `keep`.
+pub fn close_all_except(keep: &[RawFd]) -> nix::Result<()> {
+    let mut keep: Vec<u32> = keep
+        .iter()
+        .filter_map(|&fd| u32::try_from(fd).ok())
+        .collect();
+    keep.sort_unstable();
+    keep.dedup();
+    let mut first = 0u32;
+    for fd in keep.into_iter().chain(std::iter::once(u32::MAX)) {
+        if fd > first {
+            // SAFETY: closing descriptors is memory-safe; callers invoke it first thing in a freshly
+            // cloned child that owns no Rust object wrapping the closed descriptors.
+            let ret = unsafe { libc::close_range(first, fd - 1, 0) };
+            Errno::result(ret)?;
+        }
+        first = fd.saturating_add(1);
+    }
+    Ok(())
+}
+
 /// Drop every capability from the bounding set (needs CAP_SETPCAP, so call it before dropping uid).
 pub fn drop_bounding_set() -> nix::Result<()> {
     for cap in 0..=63 {
