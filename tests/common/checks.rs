@@ -111,8 +111,10 @@ impl HostSnapshot {
 pub fn after_checks(shared: &Shared, before: &HostSnapshot) -> Vec<String> {
     let mut problems = Vec::new();
     let base = shared.uid_base();
-    problems.extend(surviving_processes(base));
+    // First the slots: inspecting them waits until each job's PID 1 (which may read files back
+    // as the slot uid) has been reaped, the state any next job starts from.
     problems.extend(slot_cgroups(shared));
+    problems.extend(surviving_processes(base));
     problems.extend(leftover_mounts(shared));
     problems.extend(host_changes(shared, before));
     problems.extend(files_owned_by_slots(base));
