@@ -262,7 +262,9 @@ impl State {
                     node.status = Some(status);
                 }
             }
-            WorkerMessage::Event { job, event } => self.hub.publish(job, Update::Event(event)),
+            WorkerMessage::Event { job, event } => {
+                self.hub.publish(job, Update::Event(Arc::new(event)))
+            }
             WorkerMessage::Done {
                 job,
                 result,

@@ -12,16 +12,17 @@ use tokio::sync::broadcast;
 
 use crate::store::JobState;
 
-/// Events buffered per subscriber before it lags (and is told so).
-const CAPACITY: usize = 256;
+/// Updates buffered per job before a slow subscriber lags (and is told so). Each buffered update
+/// is a pointer, so a waiter costs a few KiB even with thousands of them.
+const CAPACITY: usize = 128;
 
 /// One update of a job.
 #[derive(Debug, Clone)]
 pub enum Update {
     /// The job's state changed.
     State(JobState),
-    /// Progress reported by the worker.
-    Event(JobEvent),
+    /// Progress reported by the worker (shared by all subscribers).
+    Event(Arc<JobEvent>),
 }
 
 /// Subscriptions by job.
