@@ -7,6 +7,16 @@
 //! run gets them as input files beside the job's own files. A missing or refused artifact makes
 //! the compile step a `compilation_error` with the reason appended to its stderr.
 //!
+//! Tests are taken in order from a shared queue by the job's own thread plus one thread per slot
+//! that was free when the tests began (borrowed, and given back as each thread runs out of
+//! tests). With `stop_on_first_failure`, no test is taken after a failure, running ones finish,
+//! and the result keeps the prefix up to the first failure: a later test that finished in
+//! parallel still had its `RunStarted`/`RunFinished` events, but is not in the job's result.
+//!
+//! A cancel kills the running commands (the executor watches the token) and no further test is
+//! taken; the result keeps the runs that ended before it. A job waiting inside the sandbox for a
+//! free slot notices the cancel when it gets one, before anything is launched.
+//!
 //! Nothing here panics on a job's behalf: executor failures become `internal_error` runs with an
 //! `error` message.
 
@@ -27,6 +37,10 @@ use crate::slots::Slots;
 
 /// Mode of the job's own files.
 const SOURCE_MODE: u32 = 0o644;
+/// A compiler is killed for its output only past this many bytes per stream; below it, what the
+/// result and the events keep is capped at the compile limits' `output_bytes` instead, so a
+/// compile that succeeds with many warnings is not cut off.
+const COMPILE_OUTPUT_KILL: u64 = 16 << 20;
 
 /// Everything the runs of one job share.
 pub(crate) struct Job<'a> {
@@ -116,19 +130,22 @@ impl Job<'_> {
         (self.emit)(JobEvent::CompileStarted);
         let names: Vec<&str> = self.spec.files.iter().map(|f| f.name.as_str()).collect();
         let limits = &self.spec.compile_limits;
+        let mut sandbox = sandbox_limits(limits);
+        sandbox.output_bytes = sandbox.output_bytes.max(COMPILE_OUTPUT_KILL);
         let request = ExecRequest {
             image: self.language.image.clone(),
             argv: self.language.command(&step.argv, self.vars(&names)),
             files: files.to_vec(),
             stdin: Vec::new(),
-            limits: sandbox_limits(limits),
+            limits: sandbox,
             network: false,
             collect: step.artifacts.clone(),
             collect_max_bytes: limits.file_size_bytes,
         };
-        let (result, artifacts) = match self.execute("compile", None, request) {
+        let cap = limits.output_bytes;
+        let (result, artifacts) = match self.execute("compile", None, request, cap) {
             Err(e) => (internal_error(e.to_string()), Vec::new()),
-            Ok(outcome) => compile_result(outcome)?,
+            Ok(outcome) => compile_result(outcome, cap)?,
         };
         self.count("compile", result.verdict);
         (self.emit)(JobEvent::CompileFinished {
@@ -232,7 +249,7 @@ impl Job<'_> {
             collect: Vec::new(),
             collect_max_bytes: 0,
         };
-        let result = match self.execute("run", Some(index), request) {
+        let result = match self.execute("run", Some(index), request, u64::MAX) {
             Err(e) => internal_error(e.to_string()),
             Ok(outcome) => {
                 let status = run_status(outcome.status)?;
@@ -245,24 +262,31 @@ impl Job<'_> {
         Some(result)
     }
 
-    /// Run one command, streaming its output as events and timing it.
+    /// Run one command, streaming its output as events (at most `event_cap` bytes per stream)
+    /// and timing it.
     fn execute(
         &self,
         step: &str,
         index: Option<usize>,
         request: ExecRequest,
+        event_cap: u64,
     ) -> Result<Outcome, ExecError> {
         let started = Instant::now();
+        let mut sent = [0u64; 2];
         let mut on_output = |kind: StreamKind, data: &[u8]| {
-            let stream = match kind {
-                StreamKind::Stdout => Stream::Stdout,
-                StreamKind::Stderr => Stream::Stderr,
+            let (stream, sent) = match kind {
+                StreamKind::Stdout => (Stream::Stdout, &mut sent[0]),
+                StreamKind::Stderr => (Stream::Stderr, &mut sent[1]),
             };
-            (self.emit)(JobEvent::Output {
-                index,
-                stream,
-                data: Bytes(data.to_vec()),
-            });
+            let room = event_cap.saturating_sub(*sent).min(data.len() as u64) as usize;
+            *sent += room as u64;
+            if room > 0 {
+                (self.emit)(JobEvent::Output {
+                    index,
+                    stream,
+                    data: Bytes(data[..room].to_vec()),
+                });
+            }
         };
         let outcome = self.executor.run(request, self.cancel, &mut on_output);
         match &outcome {
@@ -303,8 +327,18 @@ struct Queue {
 }
 
 /// The compile step's result and artifacts; `None` when it was cancelled.
-fn compile_result(mut outcome: Outcome) -> Option<(RunResult, Vec<FileIn>)> {
+fn compile_result(mut outcome: Outcome, output_cap: u64) -> Option<(RunResult, Vec<FileIn>)> {
     let status = run_status(outcome.status)?;
+    let cap = usize::try_from(output_cap).unwrap_or(usize::MAX);
+    for (data, truncated) in [
+        (&mut outcome.stdout, &mut outcome.stdout_truncated),
+        (&mut outcome.stderr, &mut outcome.stderr_truncated),
+    ] {
+        if data.len() > cap {
+            data.truncate(cap);
+            *truncated = true;
+        }
+    }
     let mut verdict = compile_verdict(status);
     let mut artifacts = Vec::new();
     let mut notes = String::new();

@@ -587,3 +587,68 @@ file_size_bytes = 1048576
     assert!(done.result.runs.is_empty());
     Ok(())
 }
+
+#[tokio::test]
+async fn compile_output_is_capped_without_killing_the_compiler() -> anyhow::Result<()> {
+    // A "compiler" that writes 100 KB of warnings, then its artifact (the script itself).
+    let script = r#"head -c 100000 /dev/zero | tr "\0" w >&2; cp "$1" a.out; chmod 755 a.out"#;
+    let text = format!(
+        r#"
+id = "noisy"
+name = "Noisy"
+extensions = ["sh"]
+image = "host"
+source_file = "main.sh"
+[version]
+argv = ["bash", "--version"]
+regex = 'version (\S+)'
+[compile]
+argv = ["bash", "-c", '{script}', "bash", "{{sources}}"]
+artifacts = ["a.out"]
+[compile.limits]
+cpu_time_ms = 5000
+wall_time_ms = 10000
+memory_bytes = 268435456
+processes = 16
+output_bytes = 1000
+file_size_bytes = 1048576
+[run]
+argv = ["./a.out"]
+[run.limits]
+cpu_time_ms = 5000
+wall_time_ms = 10000
+memory_bytes = 268435456
+processes = 16
+output_bytes = 65536
+file_size_bytes = 1048576
+"#
+    );
+    let language = corral_images::language::Language::parse("noisy.toml", &text)?;
+    let languages = LanguageSet::new(vec![language])?;
+    let mut node = start_with(Arc::new(ProcessExecutor::new(1)), languages).await?;
+    let mut spec = job(
+        "noisy",
+        "main.sh",
+        "#!/bin/bash\necho ran\n",
+        &[("", Some("ran"))],
+    );
+    spec.compile_limits.output_bytes = 1000;
+    let done = node.run(spec).await?;
+    let compile = done.result.compile.as_ref().context("compile result")?;
+    assert_eq!(compile.verdict, Verdict::Accepted, "{compile:?}");
+    assert_eq!(compile.stderr.len(), 1000);
+    assert!(compile.stderr_truncated);
+    let streamed: usize = done
+        .events
+        .iter()
+        .map(|e| match e {
+            JobEvent::Output {
+                index: None, data, ..
+            } => data.len(),
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(streamed, 1000, "compile events are capped too");
+    assert_eq!(done.result.verdict, Verdict::Accepted, "{:?}", done.result);
+    Ok(())
+}
