@@ -29,7 +29,10 @@ const BUILTIN: &[(&str, &str)] = &[
     ("c.toml", include_str!("../languages/c.toml")),
     ("cpp.toml", include_str!("../languages/cpp.toml")),
     ("java.toml", include_str!("../languages/java.toml")),
-    ("javascript.toml", include_str!("../languages/javascript.toml")),
+    (
+        "javascript.toml",
+        include_str!("../languages/javascript.toml"),
+    ),
     ("python.toml", include_str!("../languages/python.toml")),
 ];
 
@@ -203,7 +206,11 @@ impl Language {
 
     /// Substitute placeholders in `argv` for a job with `vars`.
     pub fn command(&self, argv: &[String], vars: Vars<'_>) -> Vec<String> {
-        let main = vars.files.first().copied().unwrap_or(self.source_file.as_str());
+        let main = vars
+            .files
+            .first()
+            .copied()
+            .unwrap_or(self.source_file.as_str());
         let mut out = Vec::with_capacity(argv.len() + vars.args.len());
         for element in argv {
             match element.as_str() {
@@ -235,7 +242,9 @@ impl Language {
         check_file_name("source_file", &self.source_file)?;
         for ext in &self.extensions {
             if ext.is_empty() || ext.contains(['.', '/']) {
-                return Err(format!("extension {ext:?} must be a plain suffix without '.'"));
+                return Err(format!(
+                    "extension {ext:?} must be a plain suffix without '.'"
+                ));
             }
         }
         check_argv("version.argv", &self.version.argv, &[])?;
@@ -291,8 +300,7 @@ fn check_name(what: &str, name: &str) -> Result<(), String> {
 }
 
 fn check_file_name(what: &str, name: &str) -> Result<(), String> {
-    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0')
-    {
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
         return Err(format!("{what} {name:?} must be a plain file name"));
     }
     Ok(())

@@ -84,7 +84,11 @@ fn version_regexes_extract_real_banners() {
 #[test]
 fn placeholders_are_whole_argv_elements() {
     let set = LanguageSet::builtin();
-    let args = vec!["a b".to_string(), "{main}".to_string(), "$(rm -rf /)".to_string()];
+    let args = vec![
+        "a b".to_string(),
+        "{main}".to_string(),
+        "$(rm -rf /)".to_string(),
+    ];
     let files = ["prog.py", "helper.py"];
     let py = set.get("python").unwrap();
     let cmd = py.command(
@@ -123,7 +127,18 @@ fn sources_are_main_first_then_matching_files() {
     );
     assert_eq!(
         cmd,
-        ["gcc", "-O2", "-std=gnu17", "-pipe", "-o", "a.out", "prog", "util.c", "x.c", "-lm"]
+        [
+            "gcc",
+            "-O2",
+            "-std=gnu17",
+            "-pipe",
+            "-o",
+            "a.out",
+            "prog",
+            "util.c",
+            "x.c",
+            "-lm"
+        ]
     );
     let java = set.get("java").unwrap();
     let run = java.command(
@@ -155,16 +170,36 @@ fn unknown_fields_are_refused_with_the_file_name() {
 #[test]
 fn invalid_definitions_are_refused_clearly() {
     let cases = [
-        ("argv = [\"python3\", \"{main}\", \"{args}\"]", "argv = []", "run.argv is empty"),
-        ("argv = [\"python3\", \"{main}\", \"{args}\"]", "argv = [\"{main}\"]", "must name a program"),
+        (
+            "argv = [\"python3\", \"{main}\", \"{args}\"]",
+            "argv = []",
+            "run.argv is empty",
+        ),
+        (
+            "argv = [\"python3\", \"{main}\", \"{args}\"]",
+            "argv = [\"{main}\"]",
+            "must name a program",
+        ),
         ("\"{args}\"]", "\"{arg}\"]", "not a placeholder"),
         ("\"{args}\"]", "\"--x={main}\"]", "not a placeholder"),
         ("'Python (\\S+)'", "'Python \\S+'", "capture group"),
         ("'Python (\\S+)'", "'Python (\\S+'", "does not compile"),
         ("id = \"py\"", "id = \"Py Thon\"", "id \"Py Thon\""),
-        ("source_file = \"main.py\"", "source_file = \"../x\"", "plain file name"),
-        ("extensions = [\"py\"]", "extensions = [\".py\"]", "plain suffix"),
-        ("wall_time_ms = 1", "wall_time_ms = 0", "run.limits.wall_time_ms"),
+        (
+            "source_file = \"main.py\"",
+            "source_file = \"../x\"",
+            "plain file name",
+        ),
+        (
+            "extensions = [\"py\"]",
+            "extensions = [\".py\"]",
+            "plain suffix",
+        ),
+        (
+            "wall_time_ms = 1",
+            "wall_time_ms = 0",
+            "run.limits.wall_time_ms",
+        ),
         ("processes = 1", "processes = -1", "processes"),
     ];
     for (from, to, want) in cases {
@@ -210,9 +245,13 @@ fn ids_and_aliases_must_be_unique_across_languages() {
     let mut b = a.clone();
     b.id = "other".into();
     b.aliases = vec!["py".into()];
-    let err = LanguageSet::new(vec![a.clone(), b]).unwrap_err().to_string();
+    let err = LanguageSet::new(vec![a.clone(), b])
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("\"py\"") && err.contains("other"), "{err}");
-    let err = LanguageSet::new(vec![a.clone(), a]).unwrap_err().to_string();
+    let err = LanguageSet::new(vec![a.clone(), a])
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("\"py\""), "{err}");
 }
 
