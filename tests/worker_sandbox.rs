@@ -1,6 +1,6 @@
 //! The worker on the real sandbox (needs root; CI runs as root): every shipped language's hello
 //! world is accepted, a C compile error is a `compilation_error`, an infinite loop a
-//! `time_limit_exceeded`, a C program is compiled once for several tests, and a cancel kills a
+//! `time_limit_exceeded`, a memory hog a `memory_limit_exceeded`, a C program is compiled once for several tests, and a cancel kills a
 //! running job (through the worker and through `Sandbox::run` directly).
 //!
 //! Each test starts its own sandbox: a temporary state directory, cgroup parent
@@ -273,6 +273,11 @@ async fn compile_errors_time_limits_tests_and_cancel() -> anyhow::Result<()> {
     spin.limits = limits(1_000);
     let (result, _, _) = node.run(spin).await?;
     assert_eq!(result.verdict, Verdict::TimeLimitExceeded, "{result:?}");
+
+    let mut hog = job("python", &[("main.py", "b = b'x' * (400 << 20)\n")], &[]);
+    hog.limits.memory_bytes = 128 << 20;
+    let (result, _, _) = node.run(hog).await?;
+    assert_eq!(result.verdict, Verdict::MemoryLimitExceeded, "{result:?}");
 
     let sum = "#include <stdio.h>\nint main(void){long a,b;if(scanf(\"%ld %ld\",&a,&b)!=2)return 1;printf(\"%ld\\n\",a+b);return 0;}\n";
     let tests = [("1 2", "3"), ("40 2", "42"), ("2 2", "5")];
