@@ -9,6 +9,7 @@ pub mod extract;
 pub mod fetch;
 pub mod language;
 pub mod layer;
+pub mod lock;
 pub mod oci;
 pub mod recipe;
 pub mod store;

@@ -26,6 +26,8 @@ pub enum ImageCommand {
     Import(ImportArgs),
     /// Write an image (all its layers) as an OCI image layout tarball.
     Export(ExportArgs),
+    /// Pin every stored image's name to its digest in a lock file (default images/images.lock).
+    Lock(LockArgs),
 }
 
 /// Options every image command takes.
@@ -120,6 +122,16 @@ pub struct ExportArgs {
     pub store: StoreArgs,
 }
 
+/// Options of `corral image lock`.
+#[derive(Debug, Args)]
+pub struct LockArgs {
+    /// Lock file to write.
+    #[arg(short, long, default_value = "images/images.lock")]
+    pub output: PathBuf,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
 /// Run an image subcommand.
 pub fn run(cmd: ImageCommand) -> anyhow::Result<i32> {
     match cmd {
@@ -132,6 +144,17 @@ pub fn run(cmd: ImageCommand) -> anyhow::Result<i32> {
         }
         ImageCommand::Import(a) => import(a),
         ImageCommand::Export(a) => export(a),
+        ImageCommand::Lock(a) => {
+            let lock = corral_images::lock::Lock::from_store(&a.store.open()?)?;
+            std::fs::write(&a.output, lock.to_toml()?)
+                .with_context(|| format!("writing {}", a.output.display()))?;
+            println!(
+                "pinned {} image(s) in {}",
+                lock.images.len(),
+                a.output.display()
+            );
+            Ok(0)
+        }
     }
 }
 
