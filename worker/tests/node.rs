@@ -91,9 +91,11 @@ async fn cancel_kills_a_running_job_and_still_sends_done() -> anyhow::Result<()>
     assert!(done.cancelled);
     assert!(done.result.runs.is_empty(), "the cut run has no result");
     assert!(started.elapsed() < Duration::from_secs(10));
-    // A cancel for a job that is not running changes nothing.
+    // A cancel for a job that is unknown or already done changes nothing: no second `Done`
+    // (`run` fails on any `Done` but the one it waits for).
     node.send(CoordinatorMessage::Cancel { job: JobId::new() })
         .await?;
+    node.send(CoordinatorMessage::Cancel { job: id }).await?;
     let done = node.run(job("python", "main.py", "print(1)", &[])).await?;
     assert_eq!(done.result.verdict, Verdict::Accepted);
     Ok(())
