@@ -127,6 +127,8 @@ pub enum WorkerMessage {
 }
 
 /// From a coordinator to a worker.
+// One message per job, moved once: boxing the job would only change the API.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "type")]
 pub enum CoordinatorMessage {
