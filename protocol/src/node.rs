@@ -186,7 +186,10 @@ mod tests {
         };
         let json = serde_json::to_string(&msg).unwrap();
         assert!(json.contains(r#""type":"assign""#), "{json}");
-        assert!(json.contains(r#""mode":"float","tolerance":1e-6"#), "{json}");
+        assert!(
+            json.contains(r#""mode":"float","tolerance":1e-6"#),
+            "{json}"
+        );
         assert_eq!(
             serde_json::from_str::<CoordinatorMessage>(&json).unwrap(),
             msg
