@@ -217,59 +217,8 @@ impl Builder<'_> {
         (self.on_step)(&format!(
             "{name}: mmdebstrap bookworm minbase from {mirror}"
         ));
-        let mut cmd = Command::new("mmdebstrap");
-        cmd.args([
-            "--variant=minbase",
-            "--mode=root",
-            "--format=directory",
-            "--quiet",
-        ]);
-        cmd.arg("--aptopt=Acquire::Retries \"3\"");
-        if !recipe.packages.is_empty() {
-            cmd.arg(format!("--include={}", recipe.packages.join(",")));
-        }
-        cmd.args(["bookworm", &root.display().to_string()]);
-        cmd.arg(format!("deb {mirror} bookworm main"));
-        cmd.arg(format!("deb {mirror} bookworm-updates main"));
-        if let Some(security) = mirror.strip_suffix("/debian") {
-            cmd.arg(format!(
-                "deb {security}/debian-security bookworm-security main"
-            ));
-        }
-        let out = cmd.output().map_err(|e| {
-            BuildError::io(
-                "running mmdebstrap (Debian package mmdebstrap) for",
-                &root,
-                e,
-            )
-        })?;
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        chroot::append_log(log, "mmdebstrap", &text);
-        if !out.status.success() {
-            return Err(BuildError::Command {
-                command: "mmdebstrap".into(),
-                status: out.status.to_string(),
-                tail: chroot::tail(&text, 15),
-            });
-        }
-        // Device nodes never ship in a layer: the sandbox gives each job its own /dev.
-        let dev = root.join("dev");
-        for entry in std::fs::read_dir(&dev)
-            .map_err(|e| BuildError::io("listing", &dev, e))?
-            .flatten()
-        {
-            let path = entry.path();
-            let res = if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                std::fs::remove_dir_all(&path)
-            } else {
-                std::fs::remove_file(&path)
-            };
-            res.map_err(|e| BuildError::io("removing", &path, e))?;
-        }
+        mmdebstrap(recipe, mirror, &root, log)?;
+        empty_dev(&root)?;
         let mut mounts = Mounts::default();
         mounts.enter(&root)?;
         let env = self.build_env(recipe);
@@ -405,4 +354,66 @@ fn installed(root: &Path, env: &[(String, String)], log: &Path) -> BTreeMap<Stri
                 .then(|| (name.to_string(), version.to_string()))
         })
         .collect()
+}
+
+/// Bootstrap Debian bookworm minbase (plus the recipe's packages) into `root`.
+fn mmdebstrap(recipe: &Recipe, mirror: &str, root: &Path, log: &Path) -> Result<(), BuildError> {
+    let mut cmd = Command::new("mmdebstrap");
+    cmd.args([
+        "--variant=minbase",
+        "--mode=root",
+        "--format=directory",
+        "--quiet",
+    ]);
+    cmd.arg("--aptopt=Acquire::Retries \"3\"");
+    if !recipe.packages.is_empty() {
+        cmd.arg(format!("--include={}", recipe.packages.join(",")));
+    }
+    cmd.args(["bookworm", &root.display().to_string()]);
+    cmd.arg(format!("deb {mirror} bookworm main"));
+    cmd.arg(format!("deb {mirror} bookworm-updates main"));
+    if let Some(security) = mirror.strip_suffix("/debian") {
+        cmd.arg(format!(
+            "deb {security}/debian-security bookworm-security main"
+        ));
+    }
+    let out = cmd.output().map_err(|e| {
+        BuildError::io(
+            "running mmdebstrap (Debian package mmdebstrap) for",
+            root,
+            e,
+        )
+    })?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    chroot::append_log(log, "mmdebstrap", &text);
+    if !out.status.success() {
+        return Err(BuildError::Command {
+            command: "mmdebstrap".into(),
+            status: out.status.to_string(),
+            tail: chroot::tail(&text, 15),
+        });
+    }
+    Ok(())
+}
+
+/// Device nodes never ship in a layer: the sandbox gives each job its own /dev.
+fn empty_dev(root: &Path) -> Result<(), BuildError> {
+    let dev = root.join("dev");
+    for entry in std::fs::read_dir(&dev)
+        .map_err(|e| BuildError::io("listing", &dev, e))?
+        .flatten()
+    {
+        let path = entry.path();
+        let res = if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        res.map_err(|e| BuildError::io("removing", &path, e))?;
+    }
+    Ok(())
 }

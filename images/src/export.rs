@@ -18,24 +18,7 @@ pub fn export<W: Write>(store: &Store, name: &str, out: W) -> Result<W, StoreErr
     let top = store.find(name)?;
     let resolved = store.resolve(name)?;
     let staging = store.staging()?;
-    let mut blobs: Vec<(Digest, std::path::PathBuf)> = Vec::new();
-    let mut layer_descs = Vec::new();
-    for (i, dir) in resolved.layers.iter().enumerate() {
-        let path = staging.path().join(format!("layer{i}.tar"));
-        let file = std::fs::File::create(&path).map_err(crate::store::io_err("creating", &path))?;
-        let writer = tarball::write_tree(
-            dir,
-            TarForm::Oci,
-            HashingWriter::new(io::BufWriter::new(file)),
-        )
-        .map_err(crate::store::io_err("archiving", dir))?;
-        let (digest, size, mut buf) = writer.finish();
-        buf.flush()
-            .map_err(crate::store::io_err("writing", &path))?;
-        layer_descs
-            .push(json!({"mediaType": LAYER_TYPE, "digest": digest.to_string(), "size": size}));
-        blobs.push((digest, path));
-    }
+    let (blobs, layer_descs) = layer_blobs(&resolved.layers, staging.path())?;
     let diff_ids: Vec<String> = blobs.iter().map(|(d, _)| d.to_string()).collect();
     let env: Vec<String> = top.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let config = json!({
@@ -104,4 +87,29 @@ fn header(size: u64) -> tar::Header {
 
 fn append_bytes<W: Write>(b: &mut tar::Builder<W>, name: &str, bytes: &[u8]) -> io::Result<()> {
     b.append_data(&mut header(bytes.len() as u64), name, bytes)
+}
+
+type Blobs = (Vec<(Digest, std::path::PathBuf)>, Vec<serde_json::Value>);
+
+/// Each layer as an uncompressed OCI layer tar under `staging`, with its descriptor.
+fn layer_blobs(layers: &[std::path::PathBuf], staging: &Path) -> Result<Blobs, StoreError> {
+    let mut blobs: Vec<(Digest, std::path::PathBuf)> = Vec::new();
+    let mut layer_descs = Vec::new();
+    for (i, dir) in layers.iter().enumerate() {
+        let path = staging.join(format!("layer{i}.tar"));
+        let file = std::fs::File::create(&path).map_err(crate::store::io_err("creating", &path))?;
+        let writer = tarball::write_tree(
+            dir,
+            TarForm::Oci,
+            HashingWriter::new(io::BufWriter::new(file)),
+        )
+        .map_err(crate::store::io_err("archiving", dir))?;
+        let (digest, size, mut buf) = writer.finish();
+        buf.flush()
+            .map_err(crate::store::io_err("writing", &path))?;
+        layer_descs
+            .push(json!({"mediaType": LAYER_TYPE, "digest": digest.to_string(), "size": size}));
+        blobs.push((digest, path));
+    }
+    Ok((blobs, layer_descs))
 }

@@ -245,76 +245,63 @@ impl Ctx<'_> {
         let kind = entry.header().entry_type();
         let is_dir = kind == EntryType::Directory;
         replace_existing(&parent, name, is_dir, self.root_path, &rel, &display)?;
-        match kind {
-            EntryType::Directory => {
-                match mkdirat(&parent, name.as_path(), Mode::from_bits_truncate(0o700)) {
-                    Ok(()) | Err(Errno::EEXIST) => {}
-                    Err(e) => return Err(sys("creating directory", &display)(e)),
-                }
-            }
-            EntryType::Regular | EntryType::Continuous => {
-                let flags = OFlag::O_WRONLY
-                    | OFlag::O_CREAT
-                    | OFlag::O_EXCL
-                    | OFlag::O_NOFOLLOW
-                    | OFlag::O_CLOEXEC;
-                let fd = openat(
-                    &parent,
-                    name.as_path(),
-                    flags,
-                    Mode::from_bits_truncate(0o600),
-                )
-                .map_err(sys("creating file", &display))?;
-                let mut file = File::from(fd);
-                let copied =
-                    io::copy(&mut (&mut entry).take(size), &mut file).map_err(|source| {
-                        ExtractError::Io {
-                            op: "writing file",
-                            path: display.clone(),
-                            source,
-                        }
-                    })?;
-                if copied != size {
-                    return Err(ExtractError::Io {
-                        op: "reading archive (truncated)",
-                        path: display,
-                        source: io::ErrorKind::UnexpectedEof.into(),
-                    });
-                }
-            }
-            EntryType::Symlink => self.symlink(&entry, &parent, name, dirs, &display)?,
-            EntryType::Link => self.hard_link(&entry, &parent, name, &display)?,
-            EntryType::Char if self.mode == Whiteouts::Keep && is_whiteout(&entry) => {
-                mknodat(&parent, name.as_path(), SFlag::S_IFCHR, Mode::empty(), 0)
-                    .map_err(sys("creating whiteout", &display))?;
-            }
-            EntryType::Fifo => {
-                mknodat(
-                    &parent,
-                    name.as_path(),
-                    SFlag::S_IFIFO,
-                    Mode::from_bits_truncate(0o600),
-                    0,
-                )
-                .map_err(sys("creating fifo", &display))?;
-            }
-            EntryType::Char | EntryType::Block => {
-                let entry_path = &display;
-                tracing::warn!(entry = %entry_path, "skipping device node in archive");
-                return Ok(());
-            }
-            // PAX and GNU long-name records are consumed by the tar reader itself.
-            EntryType::XGlobalHeader => return Ok(()),
-            other => {
-                return Err(ExtractError::Unsupported {
-                    path: display,
-                    kind: format!("{other:?}"),
-                })
-            }
+        if !self.create(&mut entry, &parent, name, dirs, size, &display)? {
+            return Ok(());
         }
         self.metadata(&mut entry, &parent, name, &rel, &display)?;
         self.written.insert(rel);
         Ok(())
+    }
+
+    /// Create the entry's file, directory, link or node; false when the entry is skipped.
+    fn create<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        parent: &OwnedFd,
+        name: &Path,
+        dirs: &[PathBuf],
+        size: u64,
+        display: &str,
+    ) -> Result<bool, ExtractError> {
+        match entry.header().entry_type() {
+            EntryType::Directory => match mkdirat(parent, name, Mode::from_bits_truncate(0o700)) {
+                Ok(()) | Err(Errno::EEXIST) => {}
+                Err(e) => return Err(sys("creating directory", display)(e)),
+            },
+            EntryType::Regular | EntryType::Continuous => {
+                write_file(entry, parent, name, size, display)?
+            }
+            EntryType::Symlink => self.symlink(entry, parent, name, dirs, display)?,
+            EntryType::Link => self.hard_link(entry, parent, name, display)?,
+            EntryType::Char if self.mode == Whiteouts::Keep && is_whiteout(entry) => {
+                mknodat(parent, name, SFlag::S_IFCHR, Mode::empty(), 0)
+                    .map_err(sys("creating whiteout", display))?;
+            }
+            EntryType::Fifo => {
+                mknodat(
+                    parent,
+                    name,
+                    SFlag::S_IFIFO,
+                    Mode::from_bits_truncate(0o600),
+                    0,
+                )
+                .map_err(sys("creating fifo", display))?;
+            }
+            EntryType::Char | EntryType::Block => {
+                let entry_path = display;
+                tracing::warn!(entry = %entry_path, "skipping device node in archive");
+                return Ok(false);
+            }
+            // PAX and GNU long-name records are consumed by the tar reader itself.
+            EntryType::XGlobalHeader => return Ok(false),
+            other => {
+                return Err(ExtractError::Unsupported {
+                    path: display.to_string(),
+                    kind: format!("{other:?}"),
+                })
+            }
+        }
+        Ok(true)
     }
 
     fn symlink<R: Read>(
@@ -600,4 +587,32 @@ fn replace_existing(
         Some(_) => remove(parent, name, &root.join(rel), display),
         None => Ok(()),
     }
+}
+
+/// Write a regular file's contents, refusing to follow or replace anything at `name`.
+fn write_file<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    parent: &OwnedFd,
+    name: &Path,
+    size: u64,
+    display: &str,
+) -> Result<(), ExtractError> {
+    let flags =
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let fd = openat(parent, name, flags, Mode::from_bits_truncate(0o600))
+        .map_err(sys("creating file", display))?;
+    let mut file = File::from(fd);
+    let copied = io::copy(&mut entry.take(size), &mut file).map_err(|source| ExtractError::Io {
+        op: "writing file",
+        path: display.to_string(),
+        source,
+    })?;
+    if copied != size {
+        return Err(ExtractError::Io {
+            op: "reading archive (truncated)",
+            path: display.to_string(),
+            source: io::ErrorKind::UnexpectedEof.into(),
+        });
+    }
+    Ok(())
 }

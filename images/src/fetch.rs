@@ -109,33 +109,7 @@ pub fn fetch_layer<R: Read>(
             bytes,
         });
     }
-    let format = if is_erofs(&tmp) {
-        LayerFormat::Erofs
-    } else {
-        LayerFormat::Dir
-    };
-    let staged = match format {
-        LayerFormat::Erofs if !crate::layer::erofs_available() => {
-            return Err(FetchError::Unsupported(
-                expected.clone(),
-                "EROFS is not available on this node".into(),
-            ))
-        }
-        LayerFormat::Erofs => tmp,
-        LayerFormat::Dir => {
-            let dir = staging.path().join("dir");
-            std::fs::create_dir(&dir).map_err(io_err("creating", &dir))?;
-            let file = std::fs::File::open(&tmp).map_err(io_err("opening", &tmp))?;
-            extract::extract(
-                file,
-                &dir,
-                Whiteouts::Keep,
-                &Caps::default(),
-                &mut Budget::default(),
-            )?;
-            dir
-        }
-    };
+    let (format, staged) = stage(&tmp, staging.path(), expected)?;
     let dest = store.layer_path(expected, format);
     if !dest.exists() {
         std::fs::rename(&staged, &dest).map_err(io_err("moving layer into", &dest))?;
@@ -165,4 +139,41 @@ fn is_erofs(path: &Path) -> bool {
         })
         .is_ok()
         && magic == EROFS_MAGIC
+}
+
+/// Put a verified layer in its stored form under `staging`: an EROFS file as is, a raw tar
+/// extracted into a directory.
+fn stage(
+    tmp: &Path,
+    staging: &Path,
+    expected: &Digest,
+) -> Result<(LayerFormat, std::path::PathBuf), FetchError> {
+    let format = if is_erofs(tmp) {
+        LayerFormat::Erofs
+    } else {
+        LayerFormat::Dir
+    };
+    let staged = match format {
+        LayerFormat::Erofs if !crate::layer::erofs_available() => {
+            return Err(FetchError::Unsupported(
+                expected.clone(),
+                "EROFS is not available on this node".into(),
+            ))
+        }
+        LayerFormat::Erofs => tmp.to_path_buf(),
+        LayerFormat::Dir => {
+            let dir = staging.join("dir");
+            std::fs::create_dir(&dir).map_err(io_err("creating", &dir))?;
+            let file = std::fs::File::open(tmp).map_err(io_err("opening", tmp))?;
+            extract::extract(
+                file,
+                &dir,
+                Whiteouts::Keep,
+                &Caps::default(),
+                &mut Budget::default(),
+            )?;
+            dir
+        }
+    };
+    Ok((format, staged))
 }
