@@ -85,6 +85,8 @@ fn python_image_from_its_recipe_runs_jobs_with_the_images_python() {
     );
     assert_eq!(out["stdout"], "1\n", "the image's env reaches the job");
 
+    failed_builds_register_nothing(&cache);
+
     let data = cache.display().to_string();
     let run = common::cli::run_with(
         &["--image", "no-such-image", "--data-dir", &data],
@@ -102,6 +104,43 @@ fn python_image_from_its_recipe_runs_jobs_with_the_images_python() {
         run.stderr
     );
     unmount_layers(&cache);
+}
+
+/// Recipes stacked on the cached python image that fail in a command or in their self-test: the
+/// build errors out, and the store has no new name, layer or staging directory afterwards.
+fn failed_builds_register_nothing(cache: &Path) {
+    let recipes = tempfile::tempdir().unwrap();
+    std::fs::write(
+        recipes.path().join("broken-cmd.toml"),
+        "parent = \"python\"\ncommands = [\"echo partial > /partial && false\"]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        recipes.path().join("broken-test.toml"),
+        "parent = \"python\"\n[self_test]\ncommand = \"python3 -c 'print(41)'\"\nexpect = \"42\"\n",
+    )
+    .unwrap();
+    let layers = |dir: &str| {
+        std::fs::read_dir(cache.join("images").join(dir))
+            .unwrap()
+            .count()
+    };
+    let before = (layers("layers"), layers("manifests"), layers("refs"));
+    let recipes_dir = recipes.path().to_str().unwrap();
+    for (name, expect) in [
+        ("broken-cmd", "failed"),
+        ("broken-test", "self-test failed"),
+    ] {
+        let (ok, _, err) = corral(&["image", "build", name, "--recipes", recipes_dir], cache);
+        assert!(!ok, "{name} must fail");
+        assert!(err.contains(expect), "{name}: {err}");
+        assert_eq!(
+            (layers("layers"), layers("manifests"), layers("refs")),
+            before,
+            "{name} left something registered"
+        );
+        assert_eq!(layers("tmp"), 0, "{name} left its staging directory");
+    }
 }
 
 const PROBE: &str = r#"
