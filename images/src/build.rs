@@ -80,6 +80,22 @@ impl BuildError {
     }
 }
 
+/// A build's staging directory; on drop, anything still mounted below it is detached before the
+/// directory is removed.
+struct Staging(tempfile::TempDir);
+
+impl Staging {
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        crate::layer::unmount_beneath(self.0.path());
+    }
+}
+
 /// What a build did.
 #[derive(Debug, Clone)]
 pub struct Built {
@@ -121,7 +137,7 @@ impl Builder<'_> {
             Some(p) => Some(self.parent(p)?),
             None => None,
         };
-        let staging = self.store.staging()?;
+        let staging = Staging(self.store.staging()?);
         let log = staging.path().join("build.log");
         let (layer_dir, packages) = match &parent {
             None => self.bootstrap(name, &recipe, staging.path(), &log)?,

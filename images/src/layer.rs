@@ -193,3 +193,52 @@ pub fn tree_size(dir: &Path) -> io::Result<u64> {
     }
     Ok(total)
 }
+
+/// Detach every mount at or below `dir`, deepest first (e.g. what an interrupted mmdebstrap left
+/// in a staging root), so that removing `dir` can never reach into a mounted host filesystem.
+pub fn unmount_beneath(dir: &Path) {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut points: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(p.replace("\\040", " ")))
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for point in points {
+        if let Err(e) = umount2(&point, MntFlags::MNT_DETACH) {
+            tracing::warn!(point = %point.display(), error = %e, "unmounting leftover build mount");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unmount_beneath_detaches_nested_mounts_deepest_first() {
+        assert!(nix::unistd::geteuid().is_root(), "needs root: mounts tmpfs");
+        let dir = tempfile::tempdir().unwrap();
+        let outer = dir.path().join("a b");
+        std::fs::create_dir(&outer).unwrap();
+        let tmpfs = |p: &Path| {
+            mount(
+                Some("tmpfs"),
+                p,
+                Some("tmpfs"),
+                MsFlags::empty(),
+                Some("size=1m"),
+            )
+            .unwrap()
+        };
+        tmpfs(&outer);
+        let inner = outer.join("inner");
+        std::fs::create_dir(&inner).unwrap();
+        tmpfs(&inner);
+        assert!(is_mount_point(&outer) && is_mount_point(&inner));
+        unmount_beneath(dir.path());
+        assert!(!is_mount_point(&outer));
+        assert_eq!(std::fs::read_dir(&outer).unwrap().count(), 0);
+    }
+}
