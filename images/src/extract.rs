@@ -6,7 +6,7 @@
 //! symlinks may not climb above the root, entry and total sizes are capped, and device nodes are
 //! never created (except overlay whiteouts in raw layers).
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
@@ -15,7 +15,10 @@ use std::path::{Component, Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::{openat, AtFlags, OFlag};
-use nix::sys::stat::{fchmodat, fstatat, mkdirat, mknodat, FchmodatFlags, Mode, SFlag};
+use nix::sys::stat::{
+    fchmodat, fstatat, mkdirat, mknodat, utimensat, FchmodatFlags, Mode, SFlag, UtimensatFlags,
+};
+use nix::sys::time::TimeSpec;
 use nix::unistd::{fchownat, linkat, symlinkat, unlinkat, Gid, Uid, UnlinkatFlags};
 use tar::EntryType;
 
@@ -108,11 +111,13 @@ pub enum ExtractError {
     },
 }
 
-/// Running totals across the layers of one import.
+/// Running totals across the layers of one import, and the directory mtimes to restore once
+/// their contents are written (writing into a directory changes its mtime).
 #[derive(Debug, Default)]
 pub struct Budget {
     bytes: u64,
     entries: u64,
+    dir_mtimes: BTreeMap<PathBuf, i64>,
 }
 
 fn sys<'a>(op: &'static str, path: &'a str) -> impl FnOnce(Errno) -> ExtractError + 'a {
@@ -207,6 +212,34 @@ pub fn extract<R: Read>(
         };
         ctx.entry(entry, caps, budget)?;
     }
+    restore_dir_mtimes(&root_fd, budget)
+}
+
+/// Set a file's mtime (and atime) without following a symlink.
+fn set_mtime(parent: &OwnedFd, name: &Path, mtime: i64, display: &str) -> Result<(), ExtractError> {
+    let t = TimeSpec::new(mtime, 0);
+    utimensat(parent, name, &t, &t, UtimensatFlags::NoFollowSymlink)
+        .map_err(sys("setting mtime of", display))
+}
+
+/// Give every directory the archive named its recorded mtime, deepest first; directories that a
+/// later entry removed or replaced are skipped (never followed through a symlink).
+fn restore_dir_mtimes(root: &OwnedFd, budget: &Budget) -> Result<(), ExtractError> {
+    let mut dirs: Vec<(&PathBuf, &i64)> = budget.dir_mtimes.iter().collect();
+    dirs.sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
+    for (rel, mtime) in dirs {
+        let parts: Vec<PathBuf> = rel.iter().map(PathBuf::from).collect();
+        let Some((name, parents)) = parts.split_last() else {
+            continue;
+        };
+        let display = rel.display().to_string();
+        let Ok(parent) = open_dir(root, parents, &display, false) else {
+            continue;
+        };
+        if existing_kind(&parent, name) == Some(true) {
+            set_mtime(&parent, name, *mtime, &display)?;
+        }
+    }
     Ok(())
 }
 
@@ -249,6 +282,12 @@ impl Ctx<'_> {
             return Ok(());
         }
         self.metadata(&mut entry, &parent, name, &rel, &display)?;
+        let mtime = entry.header().mtime().unwrap_or(0).min(i64::MAX as u64) as i64;
+        if entry.header().entry_type() == EntryType::Directory {
+            budget.dir_mtimes.insert(rel.clone(), mtime);
+        } else if entry.header().entry_type() != EntryType::Link {
+            set_mtime(&parent, name, mtime, &display)?;
+        }
         self.written.insert(rel);
         Ok(())
     }

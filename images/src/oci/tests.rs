@@ -241,6 +241,10 @@ fn oci_layout_import_applies_whiteouts_and_opaque_dirs_and_takes_the_config() {
         let r = store.resolve("demo:1.0").unwrap();
         assert_eq!(r.layers.len(), 1);
         assert_eq!(listing(&r.layers[0]), MERGED, "gz={gz}");
+        for path in ["c", "b", "a", "a/link"] {
+            let meta = std::fs::symlink_metadata(r.layers[0].join(path)).unwrap();
+            assert_eq!(meta.mtime(), 0, "{path} keeps the archive's mtime");
+        }
         store.remove("demo:1.0").unwrap();
     }
 }
