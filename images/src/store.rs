@@ -87,6 +87,14 @@ pub enum StoreError {
         /// The images using it.
         children: String,
     },
+    /// An image whose merged root would make the sandbox mount onto a symlink or a file.
+    #[error("image {name} is unusable: /{path} is not a directory (the sandbox mounts there)")]
+    Unsafe {
+        /// Image.
+        name: String,
+        /// Top-level entry.
+        path: String,
+    },
     /// A manifest that does not parse.
     #[error("corrupt manifest {path}: {source}")]
     Manifest {
@@ -320,6 +328,7 @@ impl Store {
         for m in &chain {
             layers.push(self.mounted_layer(m)?);
         }
+        check_mount_points(name, &layers)?;
         Ok(Resolved {
             name: name.to_string(),
             digest: top.digest.clone(),
@@ -462,6 +471,31 @@ impl Store {
         let manifest = self.manifest_path(&m.digest);
         std::fs::remove_file(&manifest).map_err(io_err("removing", &manifest))
     }
+}
+
+/// Top-level directories the sandbox mounts onto inside every job's root.
+const MOUNT_POINTS: &[&str] = &["dev", "proc", "tmp", "box"];
+
+/// Refuse an image whose merged view has a symlink or a file where the sandbox mounts: the top
+/// layer that has the name decides (a whiteout hides it, so the sandbox creates a directory).
+fn check_mount_points(name: &str, layers: &[PathBuf]) -> Result<(), StoreError> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    for point in MOUNT_POINTS {
+        for layer in layers.iter().rev() {
+            let Ok(meta) = std::fs::symlink_metadata(layer.join(point)) else {
+                continue;
+            };
+            let whiteout = meta.file_type().is_char_device() && meta.rdev() == 0;
+            if !meta.is_dir() && !whiteout {
+                return Err(StoreError::Unsafe {
+                    name: name.to_string(),
+                    path: point.to_string(),
+                });
+            }
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// The digest of a directory layer: sha256 of its deterministic raw tar.

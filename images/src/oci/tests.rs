@@ -363,6 +363,15 @@ fn malicious_layers_are_refused_with_clear_errors() {
         listing(&store.resolve("ok:1").unwrap().layers[0]),
         ["l = plain"]
     );
+    // Where the sandbox mounts (/proc, /dev, /tmp, /box), an image must have a directory or nothing.
+    let file = write(
+        tmp.path(),
+        "proc.tar",
+        &oci(&[layer(&[E::Sym("proc", "/etc")])], false, "proc:1"),
+    );
+    import(&store, &file, None, &opts).unwrap();
+    let e = store.resolve("proc:1").unwrap_err().to_string();
+    assert!(e.contains("/proc is not a directory"), "{e}");
 }
 
 #[test]
