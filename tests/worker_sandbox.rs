@@ -269,6 +269,49 @@ async fn compile_errors_time_limits_tests_and_cancel() -> anyhow::Result<()> {
     );
     assert!(result.runs.is_empty());
 
+    // HOSTILE.md 39: host files are not reachable from the compiler (the image's /etc is a
+    // skeleton); 40: error spam ends as a compilation error with capped diagnostics.
+    let (result, _, _) = node
+        .run(job(
+            "c",
+            &[(
+                "main.c",
+                "#include \"/etc/shadow\"\nint main(void){return 0;}\n",
+            )],
+            &[],
+        ))
+        .await?;
+    assert_eq!(result.verdict, Verdict::CompilationError);
+    let stderr = result
+        .compile
+        .context("compile result")?
+        .stderr
+        .to_string_lossy();
+    assert!(stderr.contains("No such file"), "{stderr}");
+    let spam: String = (0..40_000)
+        .map(|i| format!("int f{i}(void) {{ return \"x\" * {i}; }}\n"))
+        .collect();
+    let mut spammy = job("cpp", &[("main.cpp", spam.as_str())], &[]);
+    spammy.compile_limits.output_bytes = 4096;
+    let (result, _, events) = node.run(spammy).await?;
+    assert_eq!(result.verdict, Verdict::CompilationError);
+    let compile = result.compile.context("compile result")?;
+    assert!(
+        compile.stderr.len() <= 4096 && compile.stderr_truncated,
+        "{compile:?}"
+    );
+    let streamed: usize = events
+        .iter()
+        .map(|e| match e {
+            JobEvent::Output { data, .. } => data.len(),
+            _ => 0,
+        })
+        .sum();
+    assert!(
+        streamed <= 2 * 4096,
+        "{streamed} bytes of diagnostics streamed"
+    );
+
     let mut spin = job("python", &[("main.py", "while True:\n    pass\n")], &[]);
     spin.limits = limits(1_000);
     let (result, _, _) = node.run(spin).await?;

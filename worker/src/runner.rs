@@ -40,7 +40,7 @@ const SOURCE_MODE: u32 = 0o644;
 /// A compiler is killed for its output only past this many bytes per stream; below it, what the
 /// result and the events keep is capped at the compile limits' `output_bytes` instead, so a
 /// compile that succeeds with many warnings is not cut off.
-const COMPILE_OUTPUT_KILL: u64 = 16 << 20;
+const COMPILE_OUTPUT_KILL: u64 = 4 << 20;
 
 /// Everything the runs of one job share.
 pub(crate) struct Job<'a> {
