@@ -189,7 +189,7 @@ impl Worker {
             tracing::warn!(job = %id, "job assigned twice while running; ignoring the second");
             return;
         }
-        let Some(language) = self.languages.get(&job.language).cloned() else {
+        let Some(language) = self.languages.resolve(&job.language).cloned() else {
             let why = format!("language {:?} is not available on this node", job.language);
             send_failure(&shared.out, id, why);
             return;

@@ -109,6 +109,9 @@ async fn unknown_language_gets_an_internal_error_done() -> anyhow::Result<()> {
     let error = done.result.runs[0].error.as_deref().unwrap_or_default();
     assert!(error.contains("cobol"), "{error}");
     assert!(done.events.is_empty());
+    // An alias that reached the worker unresolved still finds its language.
+    let done = node.run(job("py", "main.py", "print(1)", &[])).await?;
+    assert_eq!(done.result.verdict, Verdict::Accepted);
     Ok(())
 }
 
