@@ -155,29 +155,13 @@ pub fn validate(
     let max = tenant_max(tenant, config);
     let run_limits = limits("limits", req.limits, run_defaults, &max)?;
     let compile_limits = limits("compile_limits", req.compile_limits, compile_defaults, &max)?;
-    check_count("args", req.args.len(), config.max_args)?;
-    for a in &req.args {
-        check_size("an argument", a.len(), config.max_arg_bytes)?;
-        if a.contains('\0') {
-            return Err(ApiError::invalid(
-                "invalid_argument",
-                "arguments may not contain NUL",
-            ));
-        }
-    }
+    check_args(&req.args, config)?;
     let stdin = req.stdin.unwrap_or_default();
     check_size("stdin", stdin.len(), config.max_stdin_bytes)?;
     let tests = tests(req.tests, config)?;
     let compare = compare(req.compare.as_deref())?;
     let callback_url = req.callback_url.map(|u| callback(u, config)).transpose()?;
-    if let Some(k) = &req.idempotency_key {
-        if k.is_empty() || k.len() > 256 {
-            return Err(ApiError::invalid(
-                "invalid_idempotency_key",
-                "idempotency_key must have 1 to 256 bytes",
-            ));
-        }
-    }
+    check_idempotency_key(req.idempotency_key.as_deref())?;
     Ok(Validated {
         spec: JobSpec {
             id: JobId::new(),
@@ -223,6 +207,30 @@ fn find_language<'a>(
                 format!("unknown language; available: {}", known.join(", ")),
             )
         })
+}
+
+fn check_args(args: &[String], config: &Config) -> Result<(), ApiError> {
+    check_count("args", args.len(), config.max_args)?;
+    for a in args {
+        check_size("an argument", a.len(), config.max_arg_bytes)?;
+        if a.contains('\0') {
+            return Err(ApiError::invalid(
+                "invalid_argument",
+                "arguments may not contain NUL",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_idempotency_key(key: Option<&str>) -> Result<(), ApiError> {
+    match key {
+        Some(k) if k.is_empty() || k.len() > 256 => Err(ApiError::invalid(
+            "invalid_idempotency_key",
+            "idempotency_key must have 1 to 256 bytes",
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn check_count(what: &str, n: usize, max: usize) -> Result<(), ApiError> {
