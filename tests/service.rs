@@ -147,3 +147,31 @@ fn corral_submit_prints_the_result() -> anyhow::Result<()> {
     assert_eq!(doc["runs"][0]["stdout"], "hi from submit\n");
     Ok(())
 }
+
+#[test]
+fn revoking_a_tenant_takes_effect_on_the_running_server() -> anyhow::Result<()> {
+    let server = Server::start(5)?;
+    let data = server.dir.path().join("data");
+    assert_eq!(server.call("GET", "/v1/jobs", None)?.0, 200);
+    let out = Command::new(BIN)
+        .args(["tenant", "revoke", "t", "--data-dir"])
+        .arg(&data)
+        .output()?;
+    ensure!(out.status.success(), "{out:?}");
+    let (status, doc) = server.call("GET", "/v1/jobs", None)?;
+    assert_eq!(status, 401, "{doc}");
+    assert_eq!(doc["error"]["code"], "invalid_api_key");
+    let out = Command::new(BIN)
+        .args(["tenant", "list", "--data-dir"])
+        .arg(&data)
+        .output()?;
+    let list = String::from_utf8(out.stdout)?;
+    assert!(list.lines().any(|l| l.starts_with("t\trevoked")), "{list}");
+    let out = Command::new(BIN)
+        .args(["tenant", "create", "Bad/Name", "--data-dir"])
+        .arg(&data)
+        .output()?;
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty(), "no key printed for a refused tenant");
+    Ok(())
+}

@@ -57,66 +57,79 @@ pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
         None => corral_images::language::LanguageSet::builtin(),
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    runtime.block_on(async move {
-        let registry = prometheus::Registry::new();
-        let config = Config {
-            max_body_bytes: usize::try_from(args.max_body).unwrap_or(usize::MAX),
-            ..Config::default()
-        };
-        let tenants = store.list_tenants()?.len();
-        let gateway = Gateway::start(config, store as Arc<dyn Store>, registry.clone()).await?;
-        let executor = Arc::new(SandboxExecutor::new(sandbox));
-        let worker = Worker::new(
-            WorkerConfig::new(node_name()),
-            executor,
-            languages,
-            &registry,
-        )?;
-        let (to_gateway, from_node) = tokio::sync::mpsc::channel(1024);
-        let (to_node, from_gateway) = tokio::sync::mpsc::channel(1024);
-        gateway.dispatcher().connect(to_node, from_node);
-        tokio::spawn(async move {
-            if let Err(e) = serve_node(worker, to_gateway, from_gateway).await {
-                tracing::error!(error = %e, "worker node stopped");
-            }
-        });
-        let listener = tokio::net::TcpListener::bind(args.listen)
-            .await
-            .with_context(|| format!("listening on {}", args.listen))?;
-        let addr = listener.local_addr()?;
-        // stdout may be a pipe its reader closed; the service does not depend on it.
-        let mut out = std::io::stdout();
-        let _ = writeln!(out, "corral: listening on http://{addr}");
-        if tenants == 0 {
-            let _ = writeln!(
-                out,
-                "corral: no tenants yet; create one with `corral tenant create NAME --data-dir {}`",
-                args.data_dir.display()
-            );
-        }
-        let _ = out.flush();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = axum::serve(listener, gateway.router()).with_graceful_shutdown(async {
-            let _ = stopped.await;
-        });
-        let server = tokio::spawn(std::future::IntoFuture::into_future(server));
-        shutdown_signal().await;
-        let _ = stop.send(());
-        // Open event streams and long waits would hold a graceful shutdown forever: give them a
-        // few seconds, then close them.
-        match tokio::time::timeout(std::time::Duration::from_secs(5), server).await {
-            Ok(result) => result
-                .context("HTTP server task")?
-                .context("serving HTTP")?,
-            Err(_) => eprintln!("corral: closing connections still open"),
-        }
-        eprintln!("corral: stopped; unfinished jobs run again at the next start");
-        anyhow::Ok(())
-    })?;
+    runtime.block_on(serve(args, store, sandbox, languages))?;
     // Jobs still running are abandoned here: the store has them as `running`, and the next start
     // queues them again (their sandboxes are torn down as the process exits).
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     Ok(0)
+}
+
+/// The gateway, the in-process worker node and the HTTP server, until a shutdown signal.
+async fn serve(
+    args: ServeArgs,
+    store: Arc<SqliteStore>,
+    sandbox: Sandbox,
+    languages: corral_images::language::LanguageSet,
+) -> anyhow::Result<()> {
+    let registry = prometheus::Registry::new();
+    let config = Config {
+        max_body_bytes: usize::try_from(args.max_body).unwrap_or(usize::MAX),
+        ..Config::default()
+    };
+    let tenants = store.list_tenants()?.len();
+    let gateway = Gateway::start(config, store as Arc<dyn Store>, registry.clone()).await?;
+    let executor = Arc::new(SandboxExecutor::new(sandbox));
+    let worker = Worker::new(
+        WorkerConfig::new(node_name()),
+        executor,
+        languages,
+        &registry,
+    )?;
+    let (to_gateway, from_node) = tokio::sync::mpsc::channel(1024);
+    let (to_node, from_gateway) = tokio::sync::mpsc::channel(1024);
+    gateway.dispatcher().connect(to_node, from_node);
+    tokio::spawn(async move {
+        if let Err(e) = serve_node(worker, to_gateway, from_gateway).await {
+            tracing::error!(error = %e, "worker node stopped");
+        }
+    });
+    listen(&args, &gateway, tenants).await
+}
+
+/// Binds, announces itself, serves until SIGINT or SIGTERM, then stops gracefully.
+async fn listen(args: &ServeArgs, gateway: &Gateway, tenants: usize) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    // stdout may be a pipe its reader closed; the service does not depend on it.
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "corral: listening on http://{addr}");
+    if tenants == 0 {
+        let _ = writeln!(
+            out,
+            "corral: no tenants yet; create one with `corral tenant create NAME --data-dir {}`",
+            args.data_dir.display()
+        );
+    }
+    let _ = out.flush();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, gateway.router()).with_graceful_shutdown(async {
+        let _ = stopped.await;
+    });
+    let server = tokio::spawn(std::future::IntoFuture::into_future(server));
+    shutdown_signal().await;
+    let _ = stop.send(());
+    // Open event streams and long waits would hold a graceful shutdown forever: give them a
+    // few seconds, then close them.
+    match tokio::time::timeout(std::time::Duration::from_secs(5), server).await {
+        Ok(result) => result
+            .context("HTTP server task")?
+            .context("serving HTTP")?,
+        Err(_) => eprintln!("corral: closing connections still open"),
+    }
+    eprintln!("corral: stopped; unfinished jobs run again at the next start");
+    Ok(())
 }
 
 fn start_sandbox(args: &ServeArgs) -> anyhow::Result<Sandbox> {
