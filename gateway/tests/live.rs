@@ -269,3 +269,37 @@ async fn a_lost_node_s_jobs_run_again_on_another_node() {
     assert_eq!(doc["attempts"], 2);
     assert_eq!(doc["runs"][0]["stdout"], "again");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_queued_jobs_all_complete_exactly_once() {
+    const JOBS: usize = 2_000;
+    let h = Harness::with(Config::default(), common::quota(), 0).await;
+    let body = json!({"language": "python", "source": "1"});
+    for _ in 0..JOBS {
+        let (s, _) = h.post(&h.alice, "/v1/jobs", &body).await;
+        assert_eq!(s, StatusCode::ACCEPTED);
+    }
+    let log: Arc<std::sync::Mutex<common::NodeLog>> = Arc::default();
+    common::connect_fake_node(&h.gateway, 4, Arc::clone(&log));
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let counts = h.store.count_by_state().unwrap();
+        let done = counts
+            .iter()
+            .find(|(s, _)| *s == JobState::Done)
+            .map_or(0, |c| c.1);
+        if done == JOBS as u64 {
+            assert_eq!(counts.len(), 1, "{counts:?}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{counts:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let log = log.lock().unwrap();
+    let unique: std::collections::HashSet<_> = log.assigned.iter().map(|j| j.id).collect();
+    assert_eq!(
+        (log.assigned.len(), unique.len()),
+        (JOBS, JOBS),
+        "a job ran twice"
+    );
+}
