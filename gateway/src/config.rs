@@ -41,6 +41,9 @@ pub struct Config {
     pub webhook_backoff: Duration,
     /// Timeout of one webhook request.
     pub webhook_timeout: Duration,
+    /// Allow webhooks to loopback, private and link-local addresses (off: only public ones, so
+    /// tenants cannot reach the gateway's own network through it).
+    pub webhook_allow_private: bool,
 }
 
 impl Default for Config {
@@ -78,6 +81,7 @@ impl Default for Config {
             webhook_attempts: 8,
             webhook_backoff: Duration::from_secs(1),
             webhook_timeout: Duration::from_secs(10),
+            webhook_allow_private: false,
         }
     }
 }

@@ -5,9 +5,17 @@
 //! POST carries the job document and `X-Corral-Signature: sha256=<hex HMAC-SHA256 of the body
 //! with the tenant's webhook secret>`; failures are retried with doubling delays.
 //! Plain `http://` only for now (the HTTP client has no TLS).
+//!
+//! A tenant chooses the URL, so the gateway must not become a way into its own network: unless
+//! [`Config::webhook_allow_private`] is set, the host is resolved once, every address must be
+//! public (not loopback, private, link-local, CGNAT, unspecified or multicast), and the request
+//! goes to that checked address (no second resolution that DNS rebinding could change).
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
+
+use axum::http::Uri;
 
 use axum::body::Bytes;
 use hmac::{Hmac, Mac};
@@ -93,12 +101,16 @@ async fn deliver(
         return db.call(move |s| s.webhook_finished(job, true)).await;
     };
     let body = serde_json::to_vec(&JobDocument::from(&record)).unwrap_or_default();
-    match post(client, &hook.url, &secret, body, config.webhook_timeout).await {
+    match post(client, &hook.url, &secret, body, config).await {
         Ok(()) => {
             tracing::debug!(job = %job, "webhook delivered");
             db.call(move |s| s.webhook_finished(job, false)).await
         }
-        Err(why) => {
+        Err(PostError::Refused(why)) => {
+            tracing::warn!(job = %job, error = %why, "webhook refused; not sent");
+            db.call(move |s| s.webhook_finished(job, true)).await
+        }
+        Err(PostError::Failed(why)) => {
             let attempts = hook.attempts + 1;
             if attempts >= config.webhook_attempts {
                 tracing::warn!(job = %job, attempts, error = %why, "webhook: giving up");
@@ -112,33 +124,120 @@ async fn deliver(
     }
 }
 
+/// Why a delivery did not succeed.
+enum PostError {
+    /// It must never be sent (bad URL, non-public address): no retry.
+    Refused(String),
+    /// It may work later.
+    Failed(String),
+}
+
 async fn post(
     client: &HttpClient,
     url: &str,
     secret: &str,
     body: Vec<u8>,
-    timeout: Duration,
-) -> Result<(), String> {
-    let request = axum::http::Request::post(url)
+    config: &Config,
+) -> Result<(), PostError> {
+    let uri: Uri = url
+        .parse()
+        .map_err(|_| PostError::Refused("not a URL".into()))?;
+    let host = uri
+        .host()
+        .ok_or_else(|| PostError::Refused("no host".into()))?;
+    let authority = uri.authority().map(|a| a.to_string()).unwrap_or_default();
+    let port = uri.port_u16().unwrap_or(80);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| PostError::Failed(format!("resolving {host}: {e}")))?
+        .collect();
+    let addr = *addrs
+        .first()
+        .ok_or_else(|| PostError::Failed(format!("{host} has no address")))?;
+    if !config.webhook_allow_private {
+        if let Some(bad) = addrs.iter().find(|a| !is_public(a.ip())) {
+            return Err(PostError::Refused(format!(
+                "{host} resolves to {}",
+                bad.ip()
+            )));
+        }
+    }
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let request = axum::http::Request::post(format!("http://{addr}{path}"))
+        .header("host", authority)
         .header("content-type", "application/json")
         .header("user-agent", "corral-webhook")
         .header(SIGNATURE_HEADER, signature(secret, &body))
         .body(Full::new(Bytes::from(body)))
-        .map_err(|e| e.to_string())?;
-    let response = tokio::time::timeout(timeout, client.request(request))
+        .map_err(|e| PostError::Refused(e.to_string()))?;
+    let response = tokio::time::timeout(config.webhook_timeout, client.request(request))
         .await
-        .map_err(|_| "timed out".to_string())?
-        .map_err(|e| e.to_string())?;
+        .map_err(|_| PostError::Failed("timed out".into()))?
+        .map_err(|e| PostError::Failed(e.to_string()))?;
     if response.status().is_success() {
         Ok(())
     } else {
-        Err(format!("answered {}", response.status()))
+        Err(PostError::Failed(format!("answered {}", response.status())))
+    }
+}
+
+/// Whether an address is on the public internet (not this host, not a private network).
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => {
+            let [o0, o1, ..] = a.octets();
+            !(a.is_loopback()
+                || a.is_private()
+                || a.is_link_local()
+                || a.is_unspecified()
+                || a.is_broadcast()
+                || a.is_multicast()
+                || a.is_documentation()
+                || o0 == 0
+                || (o0 == 100 && (o1 & 0xc0) == 64))
+        }
+        IpAddr::V6(a) => {
+            if let Some(v4) = a.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
+            }
+            let s0 = a.segments()[0];
+            !(a.is_loopback()
+                || a.is_unspecified()
+                || a.is_multicast()
+                || (s0 & 0xfe00) == 0xfc00
+                || (s0 & 0xffc0) == 0xfe80)
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_public_addresses_are_public() {
+        for private in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.0.1",
+            "224.0.0.1",
+            "::1",
+            "::",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(!is_public(private.parse().unwrap()), "{private}");
+        }
+        for public in ["1.1.1.1", "8.8.8.8", "2606:4700::1111", "::ffff:1.1.1.1"] {
+            assert!(is_public(public.parse().unwrap()), "{public}");
+        }
+    }
 
     #[test]
     fn signature_is_hmac_sha256_hex() {

@@ -70,6 +70,9 @@ async fn bad_requests_are_refused_with_stable_codes_and_nothing_is_stored() {
         ("NaN tolerance", job(json!({"compare": "float:NaN"})).into(), StatusCode::UNPROCESSABLE_ENTITY, "invalid_compare"),
         ("argument with NUL", job(json!({"args": ["a\u{0}"]})).into(), StatusCode::UNPROCESSABLE_ENTITY, "invalid_argument"),
         ("https callback", job(json!({"callback_url": "https://example.com/hook"})).into(), StatusCode::UNPROCESSABLE_ENTITY, "invalid_callback_url"),
+        ("loopback callback", job(json!({"callback_url": "http://127.0.0.1:8080/x"})).into(), StatusCode::UNPROCESSABLE_ENTITY, "invalid_callback_url"),
+        ("metadata callback", job(json!({"callback_url": "http://169.254.169.254/latest"})).into(), StatusCode::UNPROCESSABLE_ENTITY, "invalid_callback_url"),
+        ("IPv6 loopback callback", job(json!({"callback_url": "http://[::1]:80/x"})).into(), StatusCode::UNPROCESSABLE_ENTITY, "invalid_callback_url"),
         ("callback not a URL", job(json!({"callback_url": "not a url"})).into(), StatusCode::UNPROCESSABLE_ENTITY, "invalid_callback_url"),
         ("empty idempotency key", job(json!({"idempotency_key": ""})).into(), StatusCode::UNPROCESSABLE_ENTITY, "invalid_idempotency_key"),
     ];

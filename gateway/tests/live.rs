@@ -134,6 +134,8 @@ async fn receiver(failures: usize) -> (String, mpsc::UnboundedReceiver<(HeaderMa
 async fn webhooks_are_signed_and_retried_until_delivered() {
     let config = Config {
         webhook_backoff: Duration::from_millis(20),
+        // The receiver is on loopback.
+        webhook_allow_private: true,
         ..Config::default()
     };
     let h = Harness::with(config, common::quota(), 2).await;
@@ -302,4 +304,31 @@ async fn thousands_of_queued_jobs_all_complete_exactly_once() {
         (JOBS, JOBS),
         "a job ran twice"
     );
+}
+
+#[tokio::test]
+async fn webhooks_to_the_gateway_s_own_network_are_refused() {
+    let h = Harness::new().await;
+    let (url, mut rx) = receiver(0).await;
+    // An IP literal is refused at submission.
+    let body = json!({"language": "python", "source": "1", "callback_url": url});
+    let (s, doc) = h.post(&h.alice, "/v1/jobs", &body).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(doc["error"]["code"], "invalid_callback_url");
+    // A name that resolves to loopback is accepted, then never delivered.
+    let named = url.replace("127.0.0.1", "localhost");
+    let body = json!({"language": "python", "source": "1", "callback_url": named});
+    let (s, doc) = h.post(&h.alice, "/v1/jobs?wait=true", &body).await;
+    assert_eq!(s, StatusCode::OK, "{doc}");
+    let mut settled = false;
+    for _ in 0..200 {
+        if h.store.next_webhook_due().unwrap().is_none() {
+            settled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(settled, "the webhook is still pending");
+    let got = tokio::time::timeout(Duration::from_millis(200), rx.recv()).await;
+    assert!(got.is_err(), "a webhook reached loopback");
 }

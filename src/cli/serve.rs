@@ -39,6 +39,9 @@ pub struct ServeArgs {
     /// First uid of the slots' range (8192 uids from it must belong to nobody else).
     #[arg(long, default_value_t = 1_000_000)]
     pub uid_base: u32,
+    /// Let webhooks reach loopback, private and link-local addresses (off: public ones only).
+    #[arg(long)]
+    pub allow_private_callbacks: bool,
     /// Directory of language definitions (`*.toml`) instead of the built-in ones.
     #[arg(long)]
     pub languages: Option<PathBuf>,
@@ -74,6 +77,7 @@ async fn serve(
     let registry = prometheus::Registry::new();
     let config = Config {
         max_body_bytes: usize::try_from(args.max_body).unwrap_or(usize::MAX),
+        webhook_allow_private: args.allow_private_callbacks,
         ..Config::default()
     };
     let tenants = store.list_tenants()?.len();

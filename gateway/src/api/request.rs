@@ -454,8 +454,14 @@ fn callback(url: String, config: &Config) -> Result<String, ApiError> {
         return Err(bad("https callbacks are not supported yet; use http://"));
     }
     let uri: axum::http::Uri = url.parse().map_err(|_| bad("callback_url is not a URL"))?;
-    if uri.scheme_str() != Some("http") || uri.host().is_none() {
+    let Some(host) = uri.host().filter(|_| uri.scheme_str() == Some("http")) else {
         return Err(bad("callback_url must be an http:// URL with a host"));
+    };
+    let literal = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = literal.parse::<std::net::IpAddr>() {
+        if !config.webhook_allow_private && !crate::webhook::is_public(ip) {
+            return Err(bad("callback_url must be a public address"));
+        }
     }
     Ok(url)
 }
