@@ -25,9 +25,20 @@ fn python_hello_world_waits_for_its_result() -> anyhow::Result<()> {
     assert_eq!(doc["verdict"], "accepted", "{doc}");
     assert_eq!(doc["runs"][0]["stdout"], "hello corral\n");
     assert_eq!(doc["runs"][0]["exit_code"], 0);
-    // Without a key: 401, and the metrics saw the job.
+    // Without a key: 401, and the metrics saw the job, the gateway's and the worker's.
     let (status, _) = server::request_without_key(&server.url, "/v1/jobs")?;
     assert_eq!(status, 401);
+    let (status, metrics) = server::get_text(&server.url, "/metrics")?;
+    assert_eq!(status, 200);
+    for name in [
+        r#"corral_jobs_finished_total{language="python",state="done",tenant="t",verdict="accepted"} 1"#,
+        "corral_queue_depth 0",
+        "corral_slots 2",
+        "corral_sandbox_start_seconds_count",
+        r#"corral_http_errors_total{code="missing_api_key",status="401"} 1"#,
+    ] {
+        assert!(metrics.contains(name), "{name} not in\n{metrics}");
+    }
     Ok(())
 }
 

@@ -235,3 +235,16 @@ async fn request(
 pub fn request_without_key(base: &str, path: &str) -> anyhow::Result<(u16, Value)> {
     runtime().block_on(request(base, "GET", path, None, None))
 }
+
+/// A GET without a key, as text: (status, body).
+pub fn get_text(base: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    runtime().block_on(async {
+        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+        let req =
+            axum::http::Request::get(format!("{base}{path}")).body(Full::new(Bytes::new()))?;
+        let response = client.request(req).await?;
+        let status = response.status().as_u16();
+        let bytes = response.into_body().collect().await?.to_bytes();
+        Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+    })
+}
