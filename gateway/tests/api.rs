@@ -156,14 +156,22 @@ async fn concurrency_quota_keeps_extra_jobs_queued() {
         h.post(&h.alice, "/v1/jobs", &hang).await;
     }
     let (_, bob) = h.post(&h.bob, "/v1/jobs", &hang).await;
-    // Bob's job was queued last: once it runs, the dispatcher has considered every job.
-    let bob_id = bob["id"].as_str().unwrap();
+    // Bob's job was queued last: once the node has it, the dispatcher has considered every job
+    // and the node has received every earlier assignment (one channel, in order).
+    let bob_id: corral_protocol::JobId = bob["id"].as_str().unwrap().parse().unwrap();
     for _ in 0..500 {
-        if h.get(&h.bob, &format!("/v1/jobs/{bob_id}")).await.1["state"] == "running" {
+        if h.log
+            .lock()
+            .unwrap()
+            .assigned
+            .iter()
+            .any(|j| j.id == bob_id)
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    tokio::time::sleep(Duration::from_millis(20)).await;
     let log = h.log.lock().unwrap();
     let alice = log.assigned.iter().filter(|j| j.tenant == "alice").count();
     let bob = log.assigned.iter().filter(|j| j.tenant == "bob").count();
