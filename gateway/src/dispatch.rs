@@ -145,27 +145,41 @@ struct TenantQueue {
 
 /// A job assigned to a node.
 struct Running {
+    /// The node running it.
     node: u64,
+    /// Its tenant (for the running count and metrics).
     tenant: String,
+    /// Its language (for metrics).
     language: String,
+    /// The attempt assigned: only this attempt's result is recorded.
     attempt: u32,
+    /// When it was assigned.
     started: Instant,
+    /// A cancel was sent: if the node is lost, end the job as cancelled instead of re-running it.
     cancel_requested: bool,
 }
 
 /// Everything the dispatcher task owns.
 struct State {
+    /// Where jobs and results live.
     db: Db,
+    /// Live updates to waiters and SSE streams.
     hub: Arc<Hub>,
+    /// Queue, slot and job metrics.
     metrics: Metrics,
     /// Wakes the webhook deliverer when a result with a callback is recorded.
     webhooks: Arc<Notify>,
     /// For node reader tasks.
     inbox: mpsc::UnboundedSender<Command>,
+    /// Languages of the connected nodes, for the API.
     languages: watch::Sender<Arc<Vec<LanguageInfo>>>,
+    /// Connected nodes by a key local to this process.
     nodes: HashMap<u64, Node>,
+    /// The next node key.
     next_node: u64,
+    /// Queued job ids and running counts by tenant.
     queues: HashMap<String, TenantQueue>,
+    /// Jobs assigned and not done.
     running: HashMap<JobId, Running>,
     /// Dispatches so far (the fair-share round-robin clock).
     served: u64,
