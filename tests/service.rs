@@ -186,3 +186,37 @@ fn revoking_a_tenant_takes_effect_on_the_running_server() -> anyhow::Result<()> 
     assert!(out.stdout.is_empty(), "no key printed for a refused tenant");
     Ok(())
 }
+
+#[test]
+fn events_stream_the_output_of_a_running_job() -> anyhow::Result<()> {
+    let server = Server::start(6)?;
+    let body = json!({"language": "bash", "source": "echo first; sleep 1; echo second"});
+    let (status, doc) = server.call("POST", "/v1/jobs", Some(&body))?;
+    ensure!(status == 202, "{status}: {doc}");
+    let id = doc["id"].as_str().unwrap();
+    let (status, text) = server::get_text_with(
+        &server.url,
+        &format!("/v1/jobs/{id}/events"),
+        Some(&server.key),
+    )?;
+    assert_eq!(status, 200);
+    let events: Vec<(&str, serde_json::Value)> = text
+        .split("\n\n")
+        .filter_map(|block| {
+            let name = block.lines().find_map(|l| l.strip_prefix("event: "))?;
+            let data = block.lines().find_map(|l| l.strip_prefix("data: "))?;
+            Some((name, serde_json::from_str::<serde_json::Value>(data).ok()?))
+        })
+        .collect();
+    assert_eq!(events.first().map(|e| e.0), Some("state"), "{text}");
+    let output: String = events
+        .iter()
+        .filter(|(n, d)| *n == "output" && d["stream"] == "stdout")
+        .map(|(_, d)| d["data"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(output, "first\nsecond\n", "{text}");
+    let (last, doc) = events.last().unwrap();
+    assert_eq!(*last, "job");
+    assert_eq!(doc["verdict"], "accepted");
+    Ok(())
+}

@@ -238,11 +238,18 @@ pub fn request_without_key(base: &str, path: &str) -> anyhow::Result<(u16, Value
 
 /// A GET without a key, as text: (status, body).
 pub fn get_text(base: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    get_text_with(base, path, None)
+}
+
+/// A GET, optionally with a key, as text (read to the end): (status, body).
+pub fn get_text_with(base: &str, path: &str, key: Option<&str>) -> anyhow::Result<(u16, String)> {
     runtime().block_on(async {
         let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-        let req =
-            axum::http::Request::get(format!("{base}{path}")).body(Full::new(Bytes::new()))?;
-        let response = client.request(req).await?;
+        let mut req = axum::http::Request::get(format!("{base}{path}"));
+        if let Some(key) = key {
+            req = req.header("authorization", format!("Bearer {key}"));
+        }
+        let response = client.request(req.body(Full::new(Bytes::new()))?).await?;
         let status = response.status().as_u16();
         let bytes = response.into_body().collect().await?.to_bytes();
         Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
