@@ -7,7 +7,8 @@
 //! scopes signals), cannot see it (`hidepid`, other uid) and cannot ptrace it (not dumpable, seccomp).
 
 use std::io::Read;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
 
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitStatus};
@@ -16,7 +17,10 @@ use nix::unistd::{setresgid, setresuid, ForkResult, Gid, Pid, Uid};
 use crate::job::{self, JobFds, JobStart};
 use crate::rootfs::{self, RealSys, WORKDIR};
 use crate::sys;
-use crate::wire::{write_frame, FileReport, JobExit, JobRequest, Report};
+use crate::wire::{read_blob, recv_frame, write_frame, FileReport, JobExit, JobRequest, Report};
+
+/// Largest input file blob a prepared PID 1 accepts from the spawner (the spawner caps it too).
+const MAX_INPUT_BLOB: u64 = 1 << 30;
 
 /// Descriptors PID 1 receives from the spawner.
 pub struct InitFds {
@@ -32,46 +36,79 @@ pub struct InitFds {
     pub sync: Option<OwnedFd>,
 }
 
-/// Run PID 1. Never returns.
+/// Run PID 1, building the root for `req` first. Never returns.
 pub fn init_main(req: &JobRequest, blobs: &[Vec<u8>], fds: InitFds) -> ! {
-    let InitFds {
+    let mut keep = vec![
+        fds.stdin.as_raw_fd(),
+        fds.stdout.as_raw_fd(),
+        fds.stderr.as_raw_fd(),
+        fds.report.as_raw_fd(),
+    ];
+    keep.extend(fds.sync.as_ref().map(AsRawFd::as_raw_fd));
+    let prepared = close_inherited(&keep).and_then(|()| prepare_root(req, fds.sync));
+    finish(
+        req, blobs, fds.stdin, fds.stdout, fds.stderr, fds.report, prepared,
+    )
+}
+
+/// Run a PID 1 prepared ahead of its job: build the root for `template`, then wait on `sock` for
+/// the job itself (a [`JobRequest`] with the same root key, its input blobs, and the stdin, stdout,
+/// stderr and report descriptors). End of file on `sock` (the spawner discarded it) ends it. Never
+/// returns.
+pub fn prepared_main(template: &JobRequest, sock: OwnedFd, sync: Option<OwnedFd>) -> ! {
+    let mut keep = vec![sock.as_raw_fd()];
+    keep.extend(sync.as_ref().map(AsRawFd::as_raw_fd));
+    let prepared = close_inherited(&keep).and_then(|()| prepare_root(template, sync));
+    let mut sock = UnixStream::from(sock);
+    let Ok(Some((req, fds))) = recv_frame::<JobRequest>(&mut sock) else {
+        sys::exit_now(0)
+    };
+    let blobs: std::io::Result<Vec<Vec<u8>>> = req
+        .files
+        .iter()
+        .map(|f| read_blob(&mut sock, f.len, MAX_INPUT_BLOB))
+        .collect();
+    drop(sock);
+    let Ok::<[OwnedFd; 4], _>([stdin, stdout, stderr, report]) = fds.try_into() else {
+        sys::exit_now(1)
+    };
+    let (blobs, prepared) = match blobs {
+        Err(e) => (Vec::new(), Err(format!("receiving the job's files: {e}"))),
+        Ok(_) if req.root_key() != template.root_key() => (
+            Vec::new(),
+            Err("the job does not match the prepared root".to_string()),
+        ),
+        Ok(blobs) => (blobs, prepared),
+    };
+    finish(&req, &blobs, stdin, stdout, stderr, report, prepared)
+}
+
+/// Hold nothing of the process PID 1 was cloned from (a caller's terminal, sockets, the slot's
+/// lease lock) but `keep`.
+fn close_inherited(keep: &[RawFd]) -> Result<(), String> {
+    sys::close_all_except(keep).map_err(|e| format!("closing inherited descriptors: {e}"))
+}
+
+/// Run the job in the root `prepared` built (or report why it could not be), read files back,
+/// write the report and exit.
+fn finish(
+    req: &JobRequest,
+    blobs: &[Vec<u8>],
+    stdin: OwnedFd,
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+    report: OwnedFd,
+    prepared: Result<(), String>,
+) -> ! {
+    let mut out = Report::default();
+    let mut collected = Vec::new();
+    let stdio = JobStdio {
         stdin,
         stdout,
         stderr,
-        report,
-        sync,
-    } = fds;
-    // Hold nothing of the process it was cloned from (a caller's terminal, sockets, the slot's
-    // lease lock): only the job's pipes and the report.
-    let mut keep = vec![
-        stdin.as_raw_fd(),
-        stdout.as_raw_fd(),
-        stderr.as_raw_fd(),
-        report.as_raw_fd(),
-    ];
-    keep.extend(sync.as_ref().map(AsRawFd::as_raw_fd));
-    if let Err(e) = sys::close_all_except(&keep) {
-        let error = format!("closing inherited descriptors: {e}");
-        let out = Report {
-            setup_error: Some(error),
-            ..Report::default()
-        };
-        let _ = write_frame(&mut std::fs::File::from(report), &out, &[]);
-        sys::exit_now(1);
-    }
-    let mut out = Report::default();
-    let mut collected = Vec::new();
-    if let Err(e) = contain_and_run(
-        req,
-        blobs,
-        JobStdio {
-            stdin,
-            stdout,
-            stderr,
-        },
-        sync,
-        &mut out,
-    ) {
+    };
+    let ran = prepared.and_then(|()| run_job(req, blobs, stdio, &mut out));
+    if let Err(e) = ran {
         out.setup_error = Some(e);
     } else if !req.collect.is_empty() {
         collected = collect(req, &mut out);
@@ -89,20 +126,26 @@ struct JobStdio {
     stderr: OwnedFd,
 }
 
-fn contain_and_run(
-    req: &JobRequest,
-    blobs: &[Vec<u8>],
-    stdio: JobStdio,
-    sync: Option<OwnedFd>,
-    out: &mut Report,
-) -> Result<(), String> {
+/// Everything that does not depend on the job itself: namespaces settled, root built and entered.
+fn prepare_root(req: &JobRequest, sync: Option<OwnedFd>) -> Result<(), String> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(|e| format!("pdeathsig: {e}"))?;
     crate::userns::wait_for_maps(sync)?;
     nix::sys::prctl::set_dumpable(false).map_err(|e| format!("dumpable: {e}"))?;
-    rootfs::apply(&rootfs::plan(req), blobs, &mut RealSys).map_err(|e| e.to_string())?;
+    rootfs::apply(&rootfs::plan(req), &[], &mut RealSys).map_err(|e| e.to_string())?;
     if req.network {
         sys::loopback_up().map_err(|e| format!("loopback up: {e}"))?;
     }
+    Ok(())
+}
+
+/// Write the input files, fork the job, wait for it and take every other process with it.
+fn run_job(
+    req: &JobRequest,
+    blobs: &[Vec<u8>],
+    stdio: JobStdio,
+    out: &mut Report,
+) -> Result<(), String> {
+    rootfs::apply(&rootfs::input_steps(req), blobs, &mut RealSys).map_err(|e| e.to_string())?;
     let (error_r, error_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("error pipe: {e}"))?;
     let job = match unsafe_fork()? {

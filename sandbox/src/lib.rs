@@ -248,6 +248,7 @@ impl Sandbox {
                     .iter()
                     .filter_map(|f| f.parent().map(PathBuf::from))
                     .collect(),
+                prepared_pid: slot.prepared_pid(),
             })
             .collect();
         slots.sort_by_key(|s| s.index);
@@ -293,16 +294,14 @@ impl Drop for Sandbox {
     fn drop(&mut self) {
         let slots = std::mem::take(&mut *self.free.lock().unwrap_or_else(|p| p.into_inner()));
         for mut slot in slots {
-            if self.config.keep_cgroups {
-                // The cgroups stay for the next process: it settles whatever is still exiting
-                // (a one-shot command does not wait for its job's namespaces to be torn down).
-                slot.discard_spawner();
-                continue;
-            }
+            // Nothing of a job outlives its sandbox: wait for the last PID 1 to be reaped.
             if let Err(e) = slot.settle(&self.config.helper) {
                 tracing::warn!(slot = slot.index, error = %e, "settling a slot");
             }
             slot.discard_spawner();
+            if self.config.keep_cgroups {
+                continue;
+            }
             if let Err(e) = slot.cgroup.remove() {
                 tracing::warn!(slot = slot.index, error = %e, "removing slot cgroup");
             }
@@ -321,8 +320,10 @@ pub struct SlotInfo {
     /// host it stays an empty directory).
     pub dir: PathBuf,
     /// The slot's cgroup directories, one per hierarchy (v1) or one (v2). Between jobs they hold
-    /// the slot's spawner only.
+    /// the slot's spawner and the PID 1 it prepared for the next job.
     pub cgroup_dirs: Vec<PathBuf>,
+    /// The PID 1 the slot's spawner prepared for its next job (root built, no job code run yet).
+    pub prepared_pid: Option<u32>,
 }
 
 /// Remove the slot cgroups under `parent` that no live process leases: a crashed predecessor's, or

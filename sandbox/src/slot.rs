@@ -19,8 +19,10 @@ pub(crate) struct Spawner {
     child: SpawnerProcess,
     /// Requests out, answers in.
     pub sock: UnixStream,
-    /// Its pid, the one process allowed to stay in the slot's cgroup between jobs.
+    /// Its pid: allowed to stay in the slot's cgroup between jobs.
     pub pid: u32,
+    /// The PID 1 it prepared for the slot's next job (see `spawner`), also allowed there.
+    pub prepared: Option<u32>,
 }
 
 /// A spawner started by exec or by fork.
@@ -29,8 +31,29 @@ enum SpawnerProcess {
     Fork(nix::unistd::Pid),
 }
 
+/// How long a spawner gets to end by itself once its socket is closed.
+const SPAWNER_EXIT_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Drop for Spawner {
+    /// Close the socket first: the spawner then kills and reaps its job's or prepared PID 1 itself
+    /// and exits (nothing of it is left, not even a zombie for the host's init). Past a grace
+    /// period, or for a spawner that never got that far, SIGKILL.
     fn drop(&mut self) {
+        let _ = self.sock.shutdown(std::net::Shutdown::Both);
+        let deadline = std::time::Instant::now() + SPAWNER_EXIT_GRACE;
+        while std::time::Instant::now() < deadline {
+            let gone = match &mut self.child {
+                SpawnerProcess::Exec(child) => !matches!(child.try_wait(), Ok(None)),
+                SpawnerProcess::Fork(pid) => !matches!(
+                    nix::sys::wait::waitpid(*pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)),
+                    Ok(nix::sys::wait::WaitStatus::StillAlive)
+                ),
+            };
+            if gone {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         match &mut self.child {
             SpawnerProcess::Exec(child) => {
                 let _ = child.kill();
@@ -159,6 +182,7 @@ impl Slot {
             child,
             sock: ours,
             pid: 0,
+            prepared: None,
         };
         self.wait_ready(&mut spawner)?;
         Ok(spawner)
@@ -298,7 +322,12 @@ impl Slot {
         let index = self.index;
         let spawner = self.spawner(helper)?;
         match recv_frame::<SpawnerMsg>(&mut spawner.sock) {
-            Ok(Some((SpawnerMsg::Exited { .. }, _))) => Ok(()),
+            Ok(Some((SpawnerMsg::Exited { prepared, .. }, _))) => {
+                if let Some(spawner) = self.spawner.as_mut() {
+                    spawner.prepared = prepared;
+                }
+                Ok(())
+            }
             other => {
                 let _ = sys::pidfd_send_signal(
                     std::os::fd::AsFd::as_fd(&launched.pidfd),
@@ -310,6 +339,11 @@ impl Slot {
                 })
             }
         }
+    }
+
+    /// The PID 1 the spawner prepared for the next job, if any.
+    pub fn prepared_pid(&self) -> Option<u32> {
+        self.spawner.as_ref().and_then(|s| s.prepared)
     }
 
     /// Remember a reported job's PID 1, to be reaped by [`Slot::settle`].
@@ -333,9 +367,13 @@ impl Slot {
     /// After a job: nothing but the spawner may remain in the slot's cgroup. If anything does (it
     /// cannot, short of a kernel bug), kill the whole cgroup tree and start a fresh spawner.
     pub fn ensure_clean(&mut self) -> Result<(), Error> {
-        let spawner_pid = self.spawner.as_ref().map(|s| s.pid);
+        let ours = |p: u32| {
+            self.spawner
+                .as_ref()
+                .is_some_and(|s| s.pid == p || s.prepared == Some(p))
+        };
         let pids = self.cgroup.pids()?;
-        if pids.iter().any(|&p| Some(p) != spawner_pid) {
+        if pids.iter().any(|&p| !ours(p)) {
             tracing::warn!(
                 slot = self.index,
                 ?pids,

@@ -7,7 +7,13 @@
 //!
 //! Protocol on the socket from the supervisor: one [`JobRequest`] frame (with stdin, stdout, stderr
 //! and report descriptors) at a time; answers [`SpawnerMsg::Started`] (with a pidfd of PID 1) or
-//! `Failed`, then `Exited` once PID 1 is reaped. End of file on the socket (the supervisor died)
+//! `Failed`, then `Exited` once PID 1 is reaped.
+//!
+//! After each job the spawner clones the next job's PID 1 right away and lets it build its root
+//! (namespaces, overlay, /dev, /proc, `pivot_root` and the detach of the old root, whose RCU grace
+//! period is the slowest step) while the slot is idle. When the next request has the same root key
+//! (image, disk size, network, ids) it is handed to that PID 1; otherwise the prepared one is
+//! discarded and a PID 1 is cloned for the request as before. End of file on the socket (the supervisor died)
 //! kills the running job and ends the spawner.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
@@ -17,9 +23,11 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sched::CloneFlags;
 use nix::sys::wait::{waitpid, WaitStatus};
 
-use crate::init::{init_main, InitFds};
+use crate::init::{init_main, prepared_main, InitFds};
 use crate::sys::{self, CloneResult};
-use crate::wire::{read_blob, recv_frame, send_frame, JobRequest, SpawnerMsg, SpawnerSetup};
+use crate::wire::{
+    read_blob, recv_frame, send_frame, JobRequest, RootKey, SpawnerMsg, SpawnerSetup,
+};
 
 /// argv[1] that makes a binary run [`spawner_main`] (see [`crate::run_helper_if_requested`]).
 pub const SPAWNER_ARG: &str = "__corral-sandbox-spawner";
@@ -91,6 +99,7 @@ fn serve(sock: &mut UnixStream) -> std::io::Result<()> {
         &[],
         &[],
     )?;
+    let mut prepared: Option<Prepared> = None;
     while let Some((req, fds)) = recv_frame::<JobRequest>(sock)? {
         let mut blobs = Vec::with_capacity(req.files.len());
         for file in &req.files {
@@ -114,7 +123,7 @@ fn serve(sock: &mut UnixStream) -> std::io::Result<()> {
             report,
             sync: None,
         };
-        run_one(sock, &req, &blobs, fds)?;
+        run_one(sock, &req, &blobs, fds, &mut prepared)?;
     }
     Ok(())
 }
@@ -181,10 +190,22 @@ fn run_one(
     req: &JobRequest,
     blobs: &[Vec<u8>],
     fds: InitFds,
+    prepared: &mut Option<Prepared>,
 ) -> std::io::Result<()> {
-    // SAFETY: the spawner is single-threaded.
-    #[allow(unsafe_code)]
-    let (pid, pidfd) = match unsafe { clone_init(req, blobs, fds) } {
+    let started = match prepared.take() {
+        Some(ready) if ready.key == req.root_key() && ready.alive() => ready.start(req, blobs, fds),
+        other => {
+            if let Some(stale) = other {
+                stale.discard();
+            }
+            // SAFETY: the spawner is single-threaded.
+            #[allow(unsafe_code)]
+            unsafe {
+                clone_init(req, blobs, fds)
+            }
+        }
+    };
+    let (pid, pidfd) = match started {
         Ok(started) => started,
         Err(error) => return send_frame(sock, &SpawnerMsg::Failed { error }, &[], &[]),
     };
@@ -193,7 +214,118 @@ fn run_one(
     };
     send_frame(sock, &started, &[], &[pidfd.as_raw_fd()])?;
     let status = wait_or_abandon(sock, pid, &pidfd)?;
-    send_frame(sock, &SpawnerMsg::Exited { status }, &[], &[])
+    // Build the next job's root now, while the slot is idle: most jobs of a slot share their root
+    // (image, disk size, network), and then only the job itself is left to do when it arrives.
+    // SAFETY: the spawner is single-threaded.
+    #[allow(unsafe_code)]
+    let next = unsafe { prepare(req) };
+    *prepared = next
+        .map_err(|e| eprintln!("corral spawner: preparing the next root: {e}"))
+        .ok();
+    let exited = SpawnerMsg::Exited {
+        status,
+        prepared: prepared.as_ref().map(|p| p.pid.as_raw() as u32),
+    };
+    send_frame(sock, &exited, &[], &[])
+}
+
+/// A PID 1 whose namespaces and root were built ahead of its job, waiting on its socket for it.
+/// Nothing of any job has run in it: it was cloned fresh after the previous job's PID 1 was
+/// reaped.
+struct Prepared {
+    /// The root it built.
+    key: RootKey,
+    pid: nix::unistd::Pid,
+    /// `None` once handed a job (then it is that job's PID 1, supervised as any other).
+    pidfd: Option<OwnedFd>,
+    sock: UnixStream,
+}
+
+impl Prepared {
+    /// Whether it is still waiting (not died while building its root).
+    fn alive(&self) -> bool {
+        let Some(pidfd) = &self.pidfd else {
+            return false;
+        };
+        let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+        matches!(poll(&mut fds, PollTimeout::ZERO), Ok(0))
+    }
+
+    /// Hand it the job: the request, the input blobs and the job's four descriptors.
+    fn start(
+        mut self,
+        req: &JobRequest,
+        blobs: &[Vec<u8>],
+        fds: InitFds,
+    ) -> Result<(nix::unistd::Pid, OwnedFd), String> {
+        let refs: Vec<&[u8]> = blobs.iter().map(Vec::as_slice).collect();
+        let raw = [
+            fds.stdin.as_raw_fd(),
+            fds.stdout.as_raw_fd(),
+            fds.stderr.as_raw_fd(),
+            fds.report.as_raw_fd(),
+        ];
+        match send_frame(&mut self.sock, req, &refs, &raw) {
+            // It is the job's PID 1 now: no longer ours to kill when this handle goes.
+            Ok(()) => match self.pidfd.take() {
+                Some(pidfd) => Ok((self.pid, pidfd)),
+                None => Err("the prepared PID 1 was already handed out".into()),
+            },
+            Err(e) => Err(format!("handing the job to its prepared PID 1: {e}")),
+        }
+    }
+
+    /// Kill it and reap it (its root no longer fits the next job).
+    fn discard(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Prepared {
+    /// Also when the spawner ends: the prepared PID 1 never outlives it, not even as a zombie.
+    fn drop(&mut self) {
+        if let Some(pidfd) = &self.pidfd {
+            let _ = sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
+            let _ = waitpid(self.pid, None);
+        }
+    }
+}
+
+/// Clone a PID 1 that builds the root for jobs like `template`, then waits for one.
+///
+/// # Safety
+///
+/// The calling process must be single-threaded: the child runs arbitrary code after the clone.
+#[allow(unsafe_code)]
+unsafe fn prepare(template: &JobRequest) -> Result<Prepared, String> {
+    let (ours, theirs) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
+    let sync = crate::userns::sync_pipe(template)?;
+    // SAFETY: forwarded to the caller's contract.
+    #[allow(unsafe_code)]
+    let cloned = unsafe { sys::clone_with_pidfd(job_namespaces(template)) };
+    match cloned {
+        Ok(CloneResult::Child) => {
+            drop(ours);
+            prepared_main(template, OwnedFd::from(theirs), sync.map(|s| s.wait))
+        }
+        Ok(CloneResult::Parent { pid, pidfd }) => {
+            drop(theirs);
+            if let Some(sync) = sync {
+                if let Err(e) = crate::userns::map_and_release(template, pid, sync) {
+                    let _ = sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
+                    let _ = waitpid(pid, None);
+                    return Err(e);
+                }
+            }
+            Ok(Prepared {
+                key: template.root_key(),
+                pid,
+                pidfd: Some(pidfd),
+                sock: ours,
+            })
+        }
+        Err(e) => Err(format!("clone: {e}")),
+    }
 }
 
 /// Clone the job's PID 1 into its namespaces (with its user namespace mapped, if asked) and return

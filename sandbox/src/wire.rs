@@ -82,6 +82,35 @@ pub struct JobRequest {
     pub userns_root: Option<u32>,
 }
 
+/// What a container's root and namespaces depend on: two requests with equal keys can use the
+/// same prepared root (see `spawner`). Everything else of a request (command, environment, input
+/// files, rlimits, files to collect) is applied only after the root is in place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootKey {
+    layers: Vec<PathBuf>,
+    host_binds: Vec<PathBuf>,
+    slot_dir: PathBuf,
+    ids: (u32, u32),
+    disk: (u64, u64),
+    network: bool,
+    userns_root: Option<u32>,
+}
+
+impl JobRequest {
+    /// The part of the request that shapes the root.
+    pub fn root_key(&self) -> RootKey {
+        RootKey {
+            layers: self.layers.clone(),
+            host_binds: self.host_binds.clone(),
+            slot_dir: self.slot_dir.clone(),
+            ids: (self.uid, self.gid),
+            disk: (self.disk_bytes, self.disk_inodes),
+            network: self.network,
+            userns_root: self.userns_root,
+        }
+    }
+}
+
 /// Supervisor to spawner, once, first: how to place itself.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SpawnerSetup {
@@ -101,8 +130,10 @@ pub enum SpawnerMsg {
     Started { pid: u32 },
     /// PID 1 could not be created.
     Failed { error: String },
-    /// PID 1 was reaped with this raw wait status.
-    Exited { status: i32 },
+    /// PID 1 was reaped with this raw wait status. `prepared` is the pid of the PID 1 the spawner
+    /// then started for the slot's next job (its root built ahead, waiting for a request), which
+    /// lives in the slot's cgroup beside the spawner.
+    Exited { status: i32, prepared: Option<u32> },
 }
 
 /// How the job process ended, as PID 1 saw it.

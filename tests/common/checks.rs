@@ -114,7 +114,15 @@ pub fn after_checks(shared: &Shared, before: &HostSnapshot) -> Vec<String> {
     // First the slots: inspecting them waits until each job's PID 1 (which may read files back
     // as the slot uid) has been reaped, the state any next job starts from.
     problems.extend(slot_cgroups(shared));
-    problems.extend(surviving_processes(base));
+    // A prepared PID 1 (root built for the next job, no job code run in it) runs as the slot's
+    // container root, which is a slot-range uid in user-namespace mode: it is no survivor.
+    let prepared: Vec<u32> = shared
+        .sandbox
+        .idle_slots()
+        .iter()
+        .filter_map(|s| s.prepared_pid)
+        .collect();
+    problems.extend(surviving_processes(base, &prepared));
     problems.extend(leftover_mounts(shared));
     problems.extend(host_changes(shared, before));
     problems.extend(files_owned_by_slots(base));
@@ -128,14 +136,16 @@ fn in_range(uid: u32, base: u32) -> bool {
 }
 
 /// Processes whose real, effective, saved or filesystem uid is one of the sandbox's uids.
-fn surviving_processes(base: u32) -> Vec<String> {
+fn surviving_processes(base: u32, prepared: &[u32]) -> Vec<String> {
     let mut found = Vec::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return vec!["cannot read /proc".into()];
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if !name.bytes().all(|b| b.is_ascii_digit()) {
+        if !name.bytes().all(|b| b.is_ascii_digit())
+            || name.parse().is_ok_and(|pid: u32| prepared.contains(&pid))
+        {
             continue;
         }
         let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
@@ -160,7 +170,8 @@ fn surviving_processes(base: u32) -> Vec<String> {
     found
 }
 
-/// Each slot cgroup holds at most the slot's spawner, and its counters agree with that.
+/// Each slot cgroup holds at most the slot's spawner and the PID 1 it prepared for the next job
+/// (a child of that spawner), and its counters agree with that.
 fn slot_cgroups(shared: &Shared) -> Vec<String> {
     let mut problems = Vec::new();
     let slots = shared.sandbox.idle_slots();
@@ -176,7 +187,7 @@ fn slot_cgroups(shared: &Shared) -> Vec<String> {
             problems.push(format!("slot {} has no cgroup directory", slot.index));
         }
         for dir in &slot.cgroup_dirs {
-            problems.extend(one_cgroup(dir));
+            problems.extend(one_cgroup(dir, slot.prepared_pid));
         }
         match std::fs::read_dir(&slot.dir) {
             Ok(mut entries) => {
@@ -198,14 +209,14 @@ fn read_u64(path: &Path) -> Option<u64> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
-fn one_cgroup(dir: &Path) -> Vec<String> {
+fn one_cgroup(dir: &Path, prepared: Option<u32>) -> Vec<String> {
     let mut problems = Vec::new();
     let procs: Vec<u32> = std::fs::read_to_string(dir.join("cgroup.procs"))
         .unwrap_or_default()
         .lines()
         .filter_map(|l| l.trim().parse().ok())
         .collect();
-    if procs.len() > 1 {
+    if procs.len() > 1 + usize::from(prepared.is_some()) {
         problems.push(format!(
             "{} holds {} processes: {procs:?}",
             dir.display(),
@@ -224,10 +235,13 @@ fn one_cgroup(dir: &Path) -> Vec<String> {
                 let rest = s.rsplit_once(')')?.1.to_string();
                 rest.split_whitespace().nth(1)?.parse::<u32>().ok()
             });
-        let is_spawner = args.get(1).map(String::as_str)
-            == Some(corral_sandbox::spawner::SPAWNER_ARG)
-            && ppid == Some(std::process::id());
-        if !is_spawner {
+        let spawner_image =
+            args.get(1).map(String::as_str) == Some(corral_sandbox::spawner::SPAWNER_ARG);
+        let is_spawner = spawner_image && ppid == Some(std::process::id());
+        // The prepared PID 1 is a clone of the spawner, so its parent is a spawner in this cgroup.
+        let is_prepared =
+            spawner_image && Some(*pid) == prepared && ppid.is_some_and(|p| procs.contains(&p));
+        if !is_spawner && !is_prepared {
             problems.push(format!(
                 "{} holds process {pid} {args:?} (parent {ppid:?}), not the slot's spawner",
                 dir.display()

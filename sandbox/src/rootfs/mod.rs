@@ -103,7 +103,25 @@ pub enum Step {
     Hostname { name: String },
 }
 
-/// Compute the steps that build the root for `req`.
+/// The input files of `req`, written into the working directory once the root is in place (after
+/// `pivot_root`: a root prepared ahead of the job, see `spawner`, gets them the same way). Nothing
+/// of the job has run yet, so nothing in the fresh upper layer can redirect these writes, and they
+/// refuse to follow links anyway.
+pub fn input_steps(req: &JobRequest) -> Vec<Step> {
+    req.files
+        .iter()
+        .enumerate()
+        .map(|(index, file)| Step::WriteFile {
+            path: Path::new(WORKDIR).join(&file.name),
+            index,
+            mode: file.mode & 0o777,
+            owner: (req.uid, req.gid),
+        })
+        .collect()
+}
+
+/// Compute the steps that build the root for `req` (its input files come after, see
+/// [`input_steps`]).
 pub fn plan(req: &JobRequest) -> Vec<Step> {
     let slot = &req.slot_dir;
     let root = slot.join("root");
@@ -150,15 +168,6 @@ pub fn plan(req: &JobRequest) -> Vec<Step> {
             owner: Some(owner),
         },
     ];
-    for (index, file) in req.files.iter().enumerate() {
-        let path = upper.join(&WORKDIR[1..]).join(&file.name);
-        steps.push(Step::WriteFile {
-            path,
-            index,
-            mode: file.mode & 0o777,
-            owner,
-        });
-    }
     // The overlay is mounted from inside the job's tmpfs with relative names (`l0`, `l1` are links to
     // the layers), so /proc/self/mountinfo inside the container shows no host path.
     for (i, layer) in req.layers.iter().enumerate() {

@@ -56,20 +56,19 @@ fn private_first_pivot_after_every_mount_hostname_last() {
 }
 
 #[test]
-fn files_are_written_to_the_upper_layer_before_the_overlay_without_special_bits() {
-    let steps = plan(&request());
-    let write = position(&steps, |s| matches!(s, Step::WriteFile { .. }));
-    let overlay = position(&steps, |s| matches!(s, Step::Overlay { .. }));
-    let tmpfs = position(&steps, |s| matches!(s, Step::Tmpfs { .. }));
-    assert!(tmpfs < write && write < overlay);
+fn files_are_written_into_the_working_directory_without_special_bits() {
+    let req = request();
+    assert!(!plan(&req)
+        .iter()
+        .any(|s| matches!(s, Step::WriteFile { .. })));
     assert_eq!(
-        steps[write],
-        Step::WriteFile {
-            path: "/run/corral/slots/3/upper/box/main.py".into(),
+        input_steps(&req),
+        vec![Step::WriteFile {
+            path: "/box/main.py".into(),
             index: 0,
             mode: 0o755,
             owner: (60003, 60003)
-        }
+        }]
     );
 }
 
@@ -202,7 +201,9 @@ fn apply_issues_calls_in_plan_order_with_read_only_remounts() {
         existing: vec!["/run/corral/slots/3/root/proc/kcore".into()],
         ..Default::default()
     };
-    apply(&plan(&request()), &[b"hi".to_vec()], &mut sys).unwrap();
+    let req = request();
+    let steps: Vec<Step> = plan(&req).into_iter().chain(input_steps(&req)).collect();
+    apply(&steps, &[b"hi".to_vec()], &mut sys).unwrap();
     let calls = &sys.calls;
     assert!(
         calls[0].starts_with("mount None / None") && calls[0].contains("MS_PRIVATE"),
@@ -226,14 +227,13 @@ fn apply_issues_calls_in_plan_order_with_read_only_remounts() {
             .count(),
         1
     );
-    assert!(calls
-        .iter()
-        .any(|c| c == "write /run/corral/slots/3/upper/box/main.py 2 755"));
+    // The root is entered, the hostname set, then the input files are written into /box.
     let pivot = calls
         .iter()
         .position(|c| c.starts_with("pivot_root"))
         .unwrap();
-    assert_eq!(pivot, calls.len() - 2);
+    assert_eq!(pivot, calls.len() - 3);
+    assert_eq!(calls[calls.len() - 1], "write /box/main.py 2 755");
 }
 
 #[test]
