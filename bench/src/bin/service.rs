@@ -43,10 +43,10 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 #[derive(Parser)]
 struct Args {
     /// Measured rounds per latency variant (python).
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 300)]
     rounds: usize,
     /// Measured rounds per latency variant (C: compile + run).
-    #[arg(long, default_value_t = 40)]
+    #[arg(long, default_value_t = 60)]
     c_rounds: usize,
     /// Unmeasured warm-up rounds per latency comparison.
     #[arg(long, default_value_t = 10)]
@@ -55,7 +55,7 @@ struct Args {
     #[arg(long, value_delimiter = ',', default_value = "8,16")]
     clients: Vec<usize>,
     /// Jobs per throughput measurement.
-    #[arg(long, default_value_t = 400)]
+    #[arg(long, default_value_t = 600)]
     throughput_jobs: usize,
     /// Throughput repetitions (each: bare, then every client count).
     #[arg(long, default_value_t = 2)]
@@ -669,6 +669,8 @@ fn check_jobs(ids: &[String], docs: &[Value], listed: &[String]) -> Vec<String> 
 
 fn queued(rt: &Runtime, api: &Api, pid: u32, args: &Args) -> anyhow::Result<String> {
     let n = args.queued_jobs;
+    // The machine's load changes by the minute: a bare ceiling right before, for comparison.
+    let bare = bare_throughput(args.throughput_jobs)?;
     let before = status_kib(pid, "VmRSS:").unwrap_or(0);
     let sampler = RssSampler::start(pid);
     let start = Instant::now();
@@ -689,6 +691,7 @@ fn queued(rt: &Runtime, api: &Api, pid: u32, args: &Args) -> anyhow::Result<Stri
          | measure | value |\n|---|---|\n\
          | submitted in | {:.1} s ({:.0} jobs/s) |\n\
          | drained (all final) in | {:.1} s ({:.1} jobs/s) |\n\
+         | bare ceiling just before ({} processes) | {bare:.1} jobs/s (drain: {:.0}% of it) |\n\
          | server RSS before | {:.1} MiB |\n\
          | server RSS when all were submitted | {:.1} MiB |\n\
          | server peak RSS (sampled every 50 ms) | {:.1} MiB |\n\
@@ -700,6 +703,8 @@ fn queued(rt: &Runtime, api: &Api, pid: u32, args: &Args) -> anyhow::Result<Stri
         n as f64 / submitted.as_secs_f64(),
         drained.as_secs_f64(),
         n as f64 / drained.as_secs_f64(),
+        cores(),
+        100.0 * n as f64 / drained.as_secs_f64() / bare,
         mib(before),
         mib(at_submitted),
         mib(peak),
