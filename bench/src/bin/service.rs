@@ -111,7 +111,7 @@ fn main() -> anyhow::Result<()> {
     let api = server.api(&server.bench_key);
     println!("{}", python_latency(&rt, &api, &args)?);
     println!("{}", c_latency(&rt, &api, &args)?);
-    println!("{}", throughput(&rt, &api, &args)?);
+    println!("{}", throughput(&rt, &api, server.pid(), &args)?);
     let api = server.api(&server.queue_key);
     println!("{}", queued(&rt, &api, server.pid(), &args)?);
     println!("load at the end: {}", load());
@@ -464,14 +464,19 @@ async fn served_throughput(api: &Api, clients: usize, jobs: usize) -> anyhow::Re
     Ok(jobs as f64 / start.elapsed().as_secs_f64())
 }
 
-fn throughput(rt: &Runtime, api: &Api, args: &Args) -> anyhow::Result<String> {
+fn throughput(rt: &Runtime, api: &Api, server: u32, args: &Args) -> anyhow::Result<String> {
     let jobs = args.throughput_jobs;
     let mut bare = Vec::new();
     let mut served: Vec<Vec<f64>> = vec![Vec::new(); args.clients.len()];
+    // CPU seconds of this benchmark (the clients) and of the server's own threads, per variant.
+    let mut cpu = vec![(0.0, 0.0); args.clients.len()];
     for _ in 0..args.throughput_reps {
         bare.push(bare_throughput(jobs)?);
         for (i, &clients) in args.clients.iter().enumerate() {
+            let before = (cpu_seconds("self"), cpu_seconds(&server.to_string()));
             served[i].push(rt.block_on(served_throughput(api, clients, jobs))?);
+            cpu[i].0 += cpu_seconds("self") - before.0;
+            cpu[i].1 += cpu_seconds(&server.to_string()) - before.1;
         }
     }
     let list = |v: &[f64]| {
@@ -483,21 +488,50 @@ fn throughput(rt: &Runtime, api: &Api, args: &Args) -> anyhow::Result<String> {
     let base = median(&bare);
     let mut out = format!(
         "### Throughput: python hello world, {jobs} jobs per run, {} repetitions\n\n\
-         | variant | jobs/s (each run) | median jobs/s | of bare |\n|---|---|---|---|\n\
-         | bare, {} parallel processes | {} | {base:.1} | 100% |\n",
+         | variant | jobs/s (each run) | median jobs/s | of bare | client CPU ms/job | server threads CPU ms/job |\n\
+         |---|---|---|---|---|---|\n\
+         | bare, {} parallel processes | {} | {base:.1} | 100% | – | – |\n",
         args.throughput_reps,
         cores(),
         list(&bare),
     );
+    let total = (jobs * args.throughput_reps) as f64;
     for (i, clients) in args.clients.iter().enumerate() {
         let m = median(&served[i]);
         out.push_str(&format!(
-            "| service, {clients} concurrent `?wait=true` clients | {} | {m:.1} | {:.0}% |\n",
+            "| service, {clients} concurrent `?wait=true` clients | {} | {m:.1} | {:.0}% | {:.2} | {:.2} |\n",
             list(&served[i]),
-            100.0 * m / base
+            100.0 * m / base,
+            1e3 * cpu[i].0 / total,
+            1e3 * cpu[i].1 / total,
         ));
     }
+    out.push_str(
+        "\nClient CPU: this benchmark's HTTP clients, on the same two cores. Server threads: the \
+         `corral serve` process itself (HTTP, store, dispatcher, worker), without its sandbox \
+         spawners and jobs.\n",
+    );
     Ok(out)
+}
+
+/// User + system CPU seconds of a process (`self` or a pid), from /proc/<pid>/stat.
+fn cpu_seconds(pid: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    let Some(after) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // Fields 14 and 15 (utime, stime) are the 12th and 13th after the command name.
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // USER_HZ is 100 on Linux.
+    (ticks(11) + ticks(12)) as f64 / 100.0
 }
 
 fn median(v: &[f64]) -> f64 {
