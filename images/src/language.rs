@@ -2,6 +2,11 @@
 //! (`deny_unknown_fields`) and validated as a set (ids and aliases unique, every argv non-empty,
 //! placeholders known, version regexes compiled).
 //!
+//! A language names the images it can run on in order of preference (`images = ["python",
+//! "host"]`); each worker picks the first one it has ([`LanguageSet::choose_images`]) and offers
+//! the language only if it has one. Languages without a host toolchain (ruby, go, rust, haskell)
+//! name only their own image.
+//!
 //! A command is an argv template. An element that is exactly one of these placeholders is replaced
 //! by data, as whole argv elements (never through a shell, never inside a larger string):
 //!
@@ -34,6 +39,10 @@ const BUILTIN: &[(&str, &str)] = &[
         include_str!("../languages/javascript.toml"),
     ),
     ("python.toml", include_str!("../languages/python.toml")),
+    ("go.toml", include_str!("../languages/go.toml")),
+    ("haskell.toml", include_str!("../languages/haskell.toml")),
+    ("ruby.toml", include_str!("../languages/ruby.toml")),
+    ("rust.toml", include_str!("../languages/rust.toml")),
 ];
 
 /// Why a language definition or a set of them was refused.
@@ -143,8 +152,16 @@ pub struct Language {
     pub aliases: Vec<String>,
     /// File extensions without the dot (`py`), for guessing a file's language and for `{sources}`.
     pub extensions: Vec<String>,
-    /// Image the steps run on (`host`).
-    pub image: String,
+    /// Images the steps may run on, in order of preference (`["python", "host"]`). A worker runs
+    /// the language on the first of them it has (`host` always exists; any other must be in the
+    /// node's image store) and does not offer the language when it has none; see
+    /// [`LanguageSet::choose_images`]. After that choice this list holds only the chosen image.
+    #[serde(default)]
+    pub images: Vec<String>,
+    /// The older single-image form, `image = "host"`: read as `images = ["host"]` by
+    /// [`Language::parse`] (giving both is refused). Always `None` after parsing.
+    #[serde(default, rename = "image")]
+    legacy_image: Option<String>,
     /// Name of the main file when a job gives only a source text (`main.py`, `Main.java`).
     pub source_file: String,
     /// The version probe.
@@ -169,15 +186,38 @@ const PLACEHOLDERS: &[&str] = &["{main}", "{main_stem}", "{sources}", "{args}"];
 impl Language {
     /// Parse and check one definition; `file` names it in errors.
     pub fn parse(file: &str, text: &str) -> Result<Language, LanguageError> {
-        let lang: Language = toml::from_str(text).map_err(|e| LanguageError::Parse {
+        let mut lang: Language = toml::from_str(text).map_err(|e| LanguageError::Parse {
             file: file.to_string(),
             source: Box::new(e),
         })?;
+        if let Some(image) = lang.legacy_image.take() {
+            if !lang.images.is_empty() {
+                return Err(LanguageError::Invalid {
+                    file: file.to_string(),
+                    message: "give either image or images, not both".into(),
+                });
+            }
+            lang.images = vec![image];
+        }
         lang.validate().map_err(|message| LanguageError::Invalid {
             file: file.to_string(),
             message,
         })?;
         Ok(lang)
+    }
+
+    /// The image the steps run on: the first of [`Language::images`] (after a worker's
+    /// [`LanguageSet::choose_images`], the one it chose).
+    pub fn image(&self) -> &str {
+        &self.images[0]
+    }
+
+    /// The first of the language's images that `present` accepts.
+    pub fn choose_image(&self, mut present: impl FnMut(&str) -> bool) -> Option<&str> {
+        self.images
+            .iter()
+            .map(String::as_str)
+            .find(|image| present(image))
     }
 
     /// Whether the language has a compile step.
@@ -236,8 +276,18 @@ impl Language {
         if self.name.trim().is_empty() {
             return Err("name is empty".into());
         }
-        if self.image.trim().is_empty() {
-            return Err("image is empty".into());
+        if self.images.is_empty() {
+            return Err(
+                "images is missing or empty: name at least one image (e.g. \"host\")".into(),
+            );
+        }
+        for (i, image) in self.images.iter().enumerate() {
+            if image.trim().is_empty() {
+                return Err("an image name is empty".into());
+            }
+            if self.images[..i].contains(image) {
+                return Err(format!("image {image:?} is listed twice"));
+            }
         }
         check_file_name("source_file", &self.source_file)?;
         for ext in &self.extensions {
@@ -433,6 +483,28 @@ impl LanguageSet {
         self.languages
             .iter()
             .find(|l| l.extensions.iter().any(|e| e == ext))
+    }
+
+    /// Run each language on the first of its images that `present` accepts (narrowing its
+    /// [`Language::images`] to that one) and drop the languages with none present. Returns the
+    /// dropped ones as (id, images wanted).
+    pub fn choose_images(
+        &mut self,
+        mut present: impl FnMut(&str) -> bool,
+    ) -> Vec<(String, Vec<String>)> {
+        let mut kept = Vec::new();
+        let mut dropped = Vec::new();
+        for mut lang in std::mem::take(&mut self.languages) {
+            match lang.choose_image(&mut present).map(str::to_string) {
+                Some(image) => {
+                    lang.images = vec![image];
+                    kept.push(lang);
+                }
+                None => dropped.push((lang.id.clone(), lang.images.clone())),
+            }
+        }
+        *self = LanguageSet::new(kept).expect("a subset of a valid set is valid");
+        dropped
     }
 
     /// Keep only the languages `keep` accepts (e.g. those that passed their self-test).

@@ -28,7 +28,21 @@ fn parse_err(text: &str) -> String {
 fn builtin_set_has_the_shipped_languages() {
     let set = LanguageSet::builtin();
     let ids: Vec<&str> = set.all().iter().map(|l| l.id.as_str()).collect();
-    assert_eq!(ids, ["bash", "c", "cpp", "java", "javascript", "python"]);
+    assert_eq!(
+        ids,
+        [
+            "bash",
+            "c",
+            "cpp",
+            "go",
+            "haskell",
+            "java",
+            "javascript",
+            "python",
+            "ruby",
+            "rust"
+        ]
+    );
     assert_eq!(set.resolve("py").unwrap().id, "python");
     assert_eq!(set.resolve("node").unwrap().id, "javascript");
     assert_eq!(set.resolve("c++").unwrap().id, "cpp");
@@ -286,4 +300,135 @@ fn extension_and_stem() {
     assert_eq!(extension("Makefile"), None);
     assert_eq!(stem("Main.java"), "Main");
     assert_eq!(stem(".hidden"), ".hidden");
+}
+
+#[test]
+fn images_list_and_the_legacy_single_image() {
+    let legacy = Language::parse("t.toml", MINIMAL).unwrap();
+    assert_eq!(legacy.images, ["host"]);
+    assert_eq!(legacy.image(), "host");
+    let listed = MINIMAL.replace("image = \"host\"", "images = [\"python\", \"host\"]");
+    let lang = Language::parse("t.toml", &listed).unwrap();
+    assert_eq!(lang.images, ["python", "host"]);
+    assert_eq!(lang.image(), "python");
+    assert_eq!(lang.choose_image(|i| i == "host"), Some("host"));
+    assert_eq!(lang.choose_image(|_| true), Some("python"));
+    assert_eq!(lang.choose_image(|_| false), None);
+
+    let both = MINIMAL.replace("image = \"host\"", "image = \"host\"\nimages = [\"host\"]");
+    assert!(
+        parse_err(&both).contains("either image or images"),
+        "{}",
+        parse_err(&both)
+    );
+    let none = MINIMAL.replace("image = \"host\"\n", "");
+    assert!(
+        parse_err(&none).contains("images is missing"),
+        "{}",
+        parse_err(&none)
+    );
+    let empty = MINIMAL.replace("image = \"host\"", "images = []");
+    assert!(
+        parse_err(&empty).contains("images is missing"),
+        "{}",
+        parse_err(&empty)
+    );
+    let twice = MINIMAL.replace("image = \"host\"", "images = [\"host\", \"host\"]");
+    assert!(
+        parse_err(&twice).contains("listed twice"),
+        "{}",
+        parse_err(&twice)
+    );
+    let blank = MINIMAL.replace("image = \"host\"", "images = [\" \"]");
+    assert!(parse_err(&blank).contains("empty"), "{}", parse_err(&blank));
+}
+
+#[test]
+fn shipped_languages_prefer_their_built_image_and_image_only_ones_need_it() {
+    let set = LanguageSet::builtin();
+    let images = |id: &str| set.get(id).unwrap().images.clone();
+    assert_eq!(images("python"), ["python", "host"]);
+    assert_eq!(images("c"), ["gcc", "host"]);
+    assert_eq!(images("cpp"), ["gcc", "host"]);
+    assert_eq!(images("java"), ["java", "host"]);
+    assert_eq!(images("javascript"), ["javascript", "host"]);
+    assert_eq!(images("bash"), ["bash", "host"]);
+    for id in ["ruby", "go", "rust", "haskell"] {
+        assert_eq!(
+            images(id),
+            [id],
+            "{id} has no host toolchain to fall back to"
+        );
+    }
+}
+
+#[test]
+fn choose_images_narrows_to_the_first_present_and_drops_the_rest() {
+    let mut set = LanguageSet::builtin();
+    let present = ["host", "python", "rust"];
+    let dropped = set.choose_images(|image| present.contains(&image));
+    let chosen: Vec<(&str, &str)> = set
+        .all()
+        .iter()
+        .map(|l| (l.id.as_str(), l.image()))
+        .collect();
+    assert_eq!(
+        chosen,
+        [
+            ("bash", "host"),
+            ("c", "host"),
+            ("cpp", "host"),
+            ("java", "host"),
+            ("javascript", "host"),
+            ("python", "python"),
+            ("rust", "rust"),
+        ]
+    );
+    assert!(set.all().iter().all(|l| l.images.len() == 1));
+    let mut dropped_ids: Vec<&str> = dropped.iter().map(|(id, _)| id.as_str()).collect();
+    dropped_ids.sort();
+    assert_eq!(dropped_ids, ["go", "haskell", "ruby"]);
+    assert!(dropped.contains(&("go".to_string(), vec!["go".to_string()])));
+    assert!(set.resolve("rs").is_some() && set.resolve("golang").is_none());
+}
+
+#[test]
+fn new_languages_substitute_their_commands() {
+    let set = LanguageSet::builtin();
+    let files = ["main.go", "util.go", "notes.txt"];
+    let vars = Vars {
+        files: &files,
+        args: &[],
+    };
+    let go = set.get("go").unwrap();
+    let compile = go.compile.as_ref().unwrap();
+    assert_eq!(
+        go.command(&compile.argv, vars),
+        ["go", "build", "-o", "a.out", "main.go", "util.go"]
+    );
+    let rust = set.get("rust").unwrap();
+    let files = ["main.rs", "util.rs"];
+    let vars = Vars {
+        files: &files,
+        args: &[],
+    };
+    assert_eq!(
+        rust.command(&rust.compile.as_ref().unwrap().argv, vars),
+        ["rustc", "-O", "-o", "a.out", "main.rs"]
+    );
+    let v = |id: &str, out: &str| set.get(id).unwrap().parse_version(out, "");
+    assert_eq!(
+        v("go", "go version go1.19.8 linux/amd64\n").unwrap(),
+        "1.19.8"
+    );
+    assert_eq!(v("rust", "rustc 1.63.0\n").unwrap(), "1.63.0");
+    assert_eq!(v("haskell", "9.0.2\n").unwrap(), "9.0.2");
+    assert_eq!(
+        v(
+            "ruby",
+            "ruby 3.1.2p20 (2022-04-12 revision 4491bb740a) [x86_64-linux-gnu]\n"
+        )
+        .unwrap(),
+        "3.1.2"
+    );
 }

@@ -37,6 +37,9 @@ pub struct LanguageInfo {
     pub limits: Limits,
     /// Default limits of the compile step (`None` for interpreted languages).
     pub compile_limits: Option<Limits>,
+    /// The image the node runs it on (`host`, `python`, ...); `None` from nodes that do not say.
+    #[serde(default)]
+    pub image: Option<String>,
 }
 
 /// A node's utilization, as used for placement.

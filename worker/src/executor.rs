@@ -4,10 +4,18 @@
 //! An executor runs one command with files, stdin and limits, streams output through a callback,
 //! honours a cancel token and returns a sandbox [`Outcome`]. A job's timeout, OOM kill or non-zero
 //! exit is an outcome; `Err` means Corral itself failed.
+//!
+//! [`SandboxExecutor`] knows the sandbox's `host` image and, given the node's image store, every
+//! image built or imported there: a name is resolved (its EROFS layers mounted, once per node)
+//! when the worker asks [`Executor::has_image`] at start-up, and checked again before each
+//! command, so a job whose image was removed since fails with [`ExecError::ImageGone`] instead of
+//! running anywhere else.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use corral_images::digest::Digest;
+use corral_images::store::Store;
 use corral_sandbox::spec::CancelToken;
 use corral_sandbox::{FileIn, Image, Limits, Outcome, Sandbox, Spec, Stdin, StreamKind};
 
@@ -38,6 +46,18 @@ pub enum ExecError {
     /// The language names an image this node does not have.
     #[error("image {0:?} is not available on this node")]
     UnknownImage(String),
+    /// The image was chosen at start-up but is no longer in the node's image store.
+    #[error(
+        "image {name:?} was chosen for this language when the node started but is gone from its \
+         image store ({why}); the job does not fall back to another image: rebuild or re-import \
+         it, or restart the node to choose again"
+    )]
+    ImageGone {
+        /// The image name.
+        name: String,
+        /// What the store said.
+        why: String,
+    },
     /// The sandbox failed.
     #[error("sandbox: {0}")]
     Sandbox(#[from] corral_sandbox::Error),
@@ -67,25 +87,82 @@ pub trait Executor: Send + Sync + 'static {
 
     /// Digests or names of the images present (for the node's status).
     fn images(&self) -> Vec<String>;
+
+    /// Whether commands can run on image `name` (asked once per image at start-up, to choose
+    /// each language's image; it may mount the image's layers).
+    fn has_image(&self, name: &str) -> bool {
+        self.images().iter().any(|image| image == name)
+    }
 }
 
 /// The real executor: every command in a fresh container of [`corral_sandbox::Sandbox`].
 pub struct SandboxExecutor {
     /// The sandbox's slot pool; `run` blocks a thread per busy slot.
     sandbox: Arc<Sandbox>,
-    /// Images by name (the built-in `host`, for now).
-    images: HashMap<String, Image>,
+    /// The sandbox's built-in images (`host`), by name.
+    builtin: HashMap<String, Image>,
+    /// The node's image store, if it has one.
+    store: Option<Store>,
+    /// Store images resolved so far, by name, with the digest the name pointed at.
+    resolved: Mutex<HashMap<String, (Digest, Image)>>,
 }
 
 impl SandboxExecutor {
-    /// Run on `sandbox`, with its `host` image.
+    /// Run on `sandbox`, with its `host` image only.
     pub fn new(sandbox: Sandbox) -> SandboxExecutor {
         let host = sandbox.host_image();
-        let images = HashMap::from([(host.name.clone(), host)]);
         SandboxExecutor {
             sandbox: Arc::new(sandbox),
-            images,
+            builtin: HashMap::from([(host.name.clone(), host)]),
+            store: None,
+            resolved: Mutex::default(),
         }
+    }
+
+    /// Run on `sandbox`, with its `host` image and every image of `store` (the data directory's
+    /// image store, shared with `corral image`).
+    pub fn with_store(sandbox: Sandbox, store: Store) -> SandboxExecutor {
+        SandboxExecutor {
+            store: Some(store),
+            ..SandboxExecutor::new(sandbox)
+        }
+    }
+
+    /// The sandbox image for `name`: built in, or from the store. A store name is looked up again
+    /// on every call (one small file read); its layers are resolved (and mounted) only the first
+    /// time, or again when the name now points at another digest (the image was rebuilt).
+    fn image(&self, name: &str) -> Result<Image, ExecError> {
+        if let Some(image) = self.builtin.get(name) {
+            return Ok(image.clone());
+        }
+        let Some(store) = &self.store else {
+            return Err(ExecError::UnknownImage(name.to_string()));
+        };
+        let gone = |why: String| ExecError::ImageGone {
+            name: name.to_string(),
+            why,
+        };
+        let digest = match store.lookup(name) {
+            Ok(Some(digest)) => digest,
+            Ok(None) => return Err(gone("no image of that name".into())),
+            Err(e) => return Err(gone(e.to_string())),
+        };
+        let mut resolved = self.resolved.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((known, image)) = resolved.get(name) {
+            if *known == digest {
+                return Ok(image.clone());
+            }
+        }
+        let r = store.resolve(name).map_err(|e| gone(e.to_string()))?;
+        let image = Image {
+            name: r.name,
+            layers: r.layers,
+            host_binds: Vec::new(),
+            env: r.env,
+        };
+        tracing::info!(image = name, digest = %r.digest, "image resolved");
+        resolved.insert(name.to_string(), (r.digest, image.clone()));
+        Ok(image)
     }
 }
 
@@ -100,12 +177,9 @@ impl Executor for SandboxExecutor {
         cancel: &CancelToken,
         on_output: &mut dyn FnMut(StreamKind, &[u8]),
     ) -> Result<Outcome, ExecError> {
-        let image = self
-            .images
-            .get(&request.image)
-            .ok_or_else(|| ExecError::UnknownImage(request.image.clone()))?;
+        let image = self.image(&request.image)?;
         let spec = Spec {
-            image: image.clone(),
+            image,
             argv: request.argv,
             env: Vec::new(),
             files: request.files,
@@ -120,8 +194,26 @@ impl Executor for SandboxExecutor {
     }
 
     fn images(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.images.keys().cloned().collect();
+        let resolved = self.resolved.lock().unwrap_or_else(|e| e.into_inner());
+        let mut names: Vec<String> = self
+            .builtin
+            .keys()
+            .chain(resolved.keys())
+            .cloned()
+            .collect();
         names.sort();
         names
+    }
+
+    fn has_image(&self, name: &str) -> bool {
+        match self.image(name) {
+            Ok(_) => true,
+            Err(e) => {
+                if self.store.is_some() && !self.builtin.contains_key(name) {
+                    tracing::info!(image = name, reason = %e, "image not usable on this node");
+                }
+                false
+            }
+        }
     }
 }

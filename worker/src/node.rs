@@ -1,7 +1,8 @@
 //! The node loop: the worker's side of the protocol over a pair of channels.
 //!
-//! [`Worker::serve`] self-tests the languages, sends `Hello`, then handles `Assign` and `Cancel`
-//! until the coordinator's channel closes. Each assigned job runs on its own blocking thread
+//! [`Worker::serve`] chooses each language's image (the first of its images the executor has;
+//! languages with none are not offered), self-tests the languages on them, sends `Hello`, then
+//! handles `Assign` and `Cancel` until the coordinator's channel closes. Each assigned job runs on its own blocking thread
 //! (plus one thread per slot it borrows for parallel tests); its events, its single `Done` and the
 //! node's `Status` updates all go through one ordered internal queue to the transport, so a slow
 //! coordinator never blocks a running job (the queue holds at most the jobs' capped output).
@@ -97,6 +98,7 @@ impl Worker {
         tx: mpsc::Sender<WorkerMessage>,
         rx: mpsc::Receiver<CoordinatorMessage>,
     ) -> Result<(), WorkerError> {
+        self.languages = choose_images(self.executor.clone(), self.languages).await;
         let executor = self.executor.clone();
         let concurrency = self.config.probe_concurrency;
         let infos = self_test(executor, &self.languages, concurrency).await;
@@ -277,6 +279,25 @@ async fn forward(
 }
 
 /// A job that could not run at all: `Started`-less, one `internal_error` run.
+/// Run each language on the first of its images the executor has, and drop the languages with
+/// none (on a blocking thread: resolving an image may mount its layers). The choice is fixed for
+/// the node's life: a job never moves to another image.
+async fn choose_images(executor: Arc<dyn Executor>, mut languages: LanguageSet) -> LanguageSet {
+    let chosen = tokio::task::spawn_blocking(move || {
+        let dropped = languages.choose_images(|image| executor.has_image(image));
+        (languages, dropped)
+    })
+    .await;
+    let (languages, dropped) = chosen.expect("choosing images does not panic");
+    for (id, images) in dropped {
+        tracing::warn!(language = %id, ?images, "language not offered: none of its images is on this node");
+    }
+    for lang in languages.all() {
+        tracing::info!(language = %lang.id, image = lang.image(), "language image chosen");
+    }
+    languages
+}
+
 fn send_failure(out: &UnboundedSender<WorkerMessage>, job: JobId, why: String) {
     tracing::warn!(job = %job, reason = %why, "job refused");
     let _ = out.send(WorkerMessage::Done {

@@ -133,7 +133,7 @@ impl Job<'_> {
         let mut sandbox = sandbox_limits(limits);
         sandbox.output_bytes = sandbox.output_bytes.max(COMPILE_OUTPUT_KILL);
         let request = ExecRequest {
-            image: self.language.image.clone(),
+            image: self.language.image().to_string(),
             argv: self.language.command(&step.argv, self.vars(&names)),
             files: files.to_vec(),
             stdin: Vec::new(),
@@ -238,7 +238,7 @@ impl Job<'_> {
     fn run_one(&self, index: usize, case: &Case<'_>, files: &[FileIn]) -> Option<RunResult> {
         let names: Vec<&str> = self.spec.files.iter().map(|f| f.name.as_str()).collect();
         let request = ExecRequest {
-            image: self.language.image.clone(),
+            image: self.language.image().to_string(),
             argv: self
                 .language
                 .command(&self.language.run.argv, self.vars(&names)),

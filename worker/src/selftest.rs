@@ -64,7 +64,7 @@ pub async fn self_test(
 /// Run one probe.
 fn probe(executor: &dyn Executor, language: &Language) -> Result<LanguageInfo, String> {
     let request = ExecRequest {
-        image: language.image.clone(),
+        image: language.image().to_string(),
         argv: language.version.argv.clone(),
         files: Vec::new(),
         stdin: Vec::new(),
@@ -107,5 +107,6 @@ pub fn info(language: &Language, version: String) -> LanguageInfo {
         extensions: language.extensions.clone(),
         limits: wire_limits(&language.run.limits),
         compile_limits: language.compile.as_ref().map(|c| wire_limits(&c.limits)),
+        image: Some(language.image().to_string()),
     }
 }

@@ -208,7 +208,7 @@ async fn a_missing_compile_artifact_is_a_compilation_error() -> anyhow::Result<(
 id = "fakec"
 name = "Fake C"
 extensions = ["fc"]
-image = "host"
+images = ["host"]
 source_file = "main.fc"
 [version]
 argv = ["bash", "--version"]
@@ -264,7 +264,7 @@ async fn compile_output_is_capped_without_killing_the_compiler() -> anyhow::Resu
 id = "noisy"
 name = "Noisy"
 extensions = ["sh"]
-image = "host"
+images = ["host"]
 source_file = "main.sh"
 [version]
 argv = ["bash", "--version"]

@@ -45,6 +45,7 @@ pub fn languages() -> Vec<LanguageInfo> {
         extensions: vec![],
         limits: limits(),
         compile_limits: compiled.then(limits),
+        image: Some("host".into()),
     };
     vec![
         lang("python", &["py", "python3"], "main.py", false),
