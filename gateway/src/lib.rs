@@ -7,7 +7,8 @@
 //!
 //! - [`store`]: the [`store::Store`] trait (tenants, jobs, webhook outbox) and its SQLite backend.
 //! - [`dispatch`]: the dispatcher task: connected nodes, queue index, exactly-once results.
-//! - [`api`]: the axum router, authentication, request validation, documents, SSE, OpenAPI.
+//! - [`api`]: the axum router, authentication, request validation, documents, SSE, OpenAPI, and
+//!   image layers for nodes from a [`LayerSource`] the caller passes in.
 //! - [`hub`]: fan-out of job updates to waiters and SSE streams.
 //! - [`webhook`]: signed webhook delivery from the outbox, with retries.
 //! - [`tenants`]: creating tenants and their credentials.
@@ -28,6 +29,7 @@ use std::sync::Arc;
 
 use tokio::sync::Notify;
 
+pub use api::images::{LayerSource, LayerStream};
 pub use api::AppState;
 pub use config::Config;
 pub use dispatch::Dispatcher;
@@ -83,6 +85,7 @@ impl Gateway {
                 config,
                 metrics,
                 rate: Arc::default(),
+                layers: None,
             },
         })
     }
@@ -90,6 +93,12 @@ impl Gateway {
     /// The HTTP API.
     pub fn router(&self) -> axum::Router {
         api::router(self.state.clone())
+    }
+
+    /// Serve image layers from `source` on `GET /v1/images/{digest}` (and its manifest); call
+    /// before [`Gateway::router`].
+    pub fn serve_layers(&mut self, source: Arc<dyn api::images::LayerSource>) {
+        self.state.layers = Some(source);
     }
 
     /// The dispatcher (to connect nodes).

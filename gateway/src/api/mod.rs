@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod document;
+pub mod images;
 mod jobs;
 pub mod openapi;
 pub mod request;
@@ -39,6 +40,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Request rates.
     pub rate: Arc<RateLimiter>,
+    /// Image layers served to nodes (`GET /v1/images/...`); `None`: those routes answer 404.
+    pub layers: Option<Arc<dyn images::LayerSource>>,
 }
 
 /// Every route of the API, as (method, path) pairs; the OpenAPI document must describe each.
@@ -49,6 +52,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("delete", "/v1/jobs/{id}"),
     ("get", "/v1/jobs/{id}/events"),
     ("get", "/v1/languages"),
+    ("get", "/v1/images/{digest}"),
+    ("get", "/v1/images/{digest}/manifest"),
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/metrics"),
@@ -62,6 +67,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}", get(jobs::get).delete(jobs::cancel))
         .route("/v1/jobs/{id}/events", get(sse::events))
         .route("/v1/languages", get(languages))
+        .route("/v1/images/{digest}", get(images::layer))
+        .route("/v1/images/{digest}/manifest", get(images::manifest))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
