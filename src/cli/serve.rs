@@ -1,6 +1,10 @@
 //! `corral serve`: the whole service in one process: the gateway (HTTP API, SQLite store,
 //! dispatcher, webhooks) and one in-process worker node on the real sandbox, joined by the same
 //! protocol messages that cross the network between machines.
+//!
+//! The data directory's image store (`<data-dir>/images`, shared with `corral image`) is the
+//! node's: languages run on the first of their images found there (or `host`), and the gateway
+//! serves its layers on `GET /v1/images/{digest}` through [`StoreLayers`].
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -9,7 +13,9 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Args;
-use corral_gateway::{Config, Gateway, SqliteStore, Store};
+use corral_gateway::{Config, Gateway, LayerSource, LayerStream, SqliteStore, Store};
+use corral_images::digest::Digest;
+use corral_images::store::StoreError;
 use corral_sandbox::{Sandbox, SandboxConfig};
 use corral_worker::{serve_node, SandboxExecutor, Worker, WorkerConfig};
 
@@ -21,7 +27,7 @@ pub struct ServeArgs {
     /// Address to listen on (port 0: any free port; the chosen one is printed).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// Where the job store lives.
+    /// Where the job store and the image store (`images/`, see `corral image`) live.
     #[arg(long, default_value = "./corral-data")]
     pub data_dir: PathBuf,
     /// Sandbox slots (jobs at once); default: one per CPU.
@@ -81,8 +87,11 @@ async fn serve(
         ..Config::default()
     };
     let tenants = store.list_tenants()?.len();
-    let gateway = Gateway::start(config, store as Arc<dyn Store>, registry.clone()).await?;
-    let executor = Arc::new(SandboxExecutor::new(sandbox));
+    let images = corral_images::store::Store::open(&args.data_dir)
+        .with_context(|| format!("opening the image store in {}", args.data_dir.display()))?;
+    let mut gateway = Gateway::start(config, store as Arc<dyn Store>, registry.clone()).await?;
+    gateway.serve_layers(Arc::new(StoreLayers(images.clone())));
+    let executor = Arc::new(SandboxExecutor::with_store(sandbox, images));
     let worker = Worker::new(
         WorkerConfig::new(node_name()),
         executor,
@@ -145,6 +154,28 @@ fn start_sandbox(args: &ServeArgs) -> anyhow::Result<Sandbox> {
     config.cgroup_parent = args.cgroup_parent.clone();
     config.uid_base = args.uid_base;
     Sandbox::new(config).context("starting the sandbox (needs root)")
+}
+
+/// The image store's layers, for the gateway's `GET /v1/images/{digest}` (and its manifest).
+struct StoreLayers(corral_images::store::Store);
+
+impl LayerSource for StoreLayers {
+    fn manifest(&self, digest: &str) -> Result<Option<Vec<u8>>, String> {
+        let digest = Digest::parse(digest).map_err(|e| e.to_string())?;
+        match self.0.manifest(&digest).map_err(|e| e.to_string())? {
+            Some(m) => serde_json::to_vec(&m).map(Some).map_err(|e| e.to_string()),
+            None => Ok(None),
+        }
+    }
+
+    fn open(&self, digest: &str) -> Result<Option<LayerStream>, String> {
+        let digest = Digest::parse(digest).map_err(|e| e.to_string())?;
+        match corral_images::fetch::open_layer(&self.0, &digest) {
+            Ok(opened) => Ok(Some(opened)),
+            Err(StoreError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
+    }
 }
 
 fn node_name() -> String {
