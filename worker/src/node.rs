@@ -281,7 +281,8 @@ async fn forward(
 /// A job that could not run at all: `Started`-less, one `internal_error` run.
 /// Run each language on the first of its images the executor has, and drop the languages with
 /// none (on a blocking thread: resolving an image may mount its layers). The choice is fixed for
-/// the node's life: a job never moves to another image.
+/// the node's life: a job never moves to another image, and a language whose version probe then
+/// fails on the chosen image is not offered (it does not fall back to the next of its images).
 async fn choose_images(executor: Arc<dyn Executor>, mut languages: LanguageSet) -> LanguageSet {
     let chosen = tokio::task::spawn_blocking(move || {
         let dropped = languages.choose_images(|image| executor.has_image(image));
