@@ -308,6 +308,19 @@ impl Api {
         path: &str,
         body: Option<&Value>,
     ) -> anyhow::Result<(u16, Value)> {
+        let (status, bytes) = self.call_raw(method, path, body).await?;
+        Ok((
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        ))
+    }
+
+    async fn call_raw(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<(u16, Bytes)> {
         let mut req = hyper::Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base))
@@ -323,14 +336,34 @@ impl Api {
             let response = self.client.request(req.body(Full::new(payload))?).await?;
             let status = response.status().as_u16();
             let bytes = response.into_body().collect().await?.to_bytes();
-            anyhow::Ok((
-                status,
-                serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-            ))
+            anyhow::Ok((status, bytes))
         };
         tokio::time::timeout(REQUEST_TIMEOUT, work)
             .await
             .with_context(|| format!("{method} {path}: no answer in {REQUEST_TIMEOUT:?}"))?
+    }
+
+    /// Sums and counts of the server's histograms where the time of a job goes (summed over
+    /// labels): assigned→result, sandbox start, sandboxed run.
+    async fn histograms(&self) -> anyhow::Result<Histograms> {
+        let (status, text) = self.call_raw("GET", "/metrics", None).await?;
+        ensure!(status == 200, "/metrics: {status}");
+        let mut h = Histograms::default();
+        for line in String::from_utf8_lossy(&text).lines() {
+            let Some((name, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let name = name.split('{').next().unwrap_or(name);
+            let value: f64 = value.parse().unwrap_or(0.0);
+            for (i, metric) in HISTOGRAMS.iter().enumerate() {
+                if name.strip_suffix("_sum") == Some(metric) {
+                    h.0[i].0 += value;
+                } else if name.strip_suffix("_count") == Some(metric) {
+                    h.0[i].1 += value;
+                }
+            }
+        }
+        Ok(h)
     }
 
     /// `POST /v1/jobs?wait=true`; fails unless the job is accepted with `stdout`. The run's
@@ -352,6 +385,33 @@ fn bare(program: &str) -> Command {
     let mut cmd = Command::new(program);
     cmd.env_clear().env("PATH", BARE_PATH);
     cmd
+}
+
+/// The server's histograms [`Api::histograms`] reads.
+const HISTOGRAMS: [&str; 3] = [
+    "corral_job_duration_seconds",
+    "corral_sandbox_start_seconds",
+    "corral_run_seconds",
+];
+
+/// (sum, count) of each of [`HISTOGRAMS`].
+#[derive(Default, Clone, Copy)]
+struct Histograms([(f64, f64); 3]);
+
+impl Histograms {
+    /// Mean milliseconds of each histogram between `before` and now, as a sentence.
+    fn means_since(&self, before: &Histograms) -> String {
+        let mean = |i: usize| {
+            let (sum, count) = (self.0[i].0 - before.0[i].0, self.0[i].1 - before.0[i].1);
+            1e3 * sum / count.max(1.0)
+        };
+        format!(
+            "Server-side means: assigned→result {:.2} ms, sandbox start {:.2} ms, sandboxed run {:.2} ms.\n",
+            mean(0),
+            mean(1),
+            mean(2)
+        )
+    }
 }
 
 fn bare_python() -> anyhow::Result<()> {
@@ -480,6 +540,7 @@ fn throughput(rt: &Runtime, api: &Api, server: u32, args: &Args) -> anyhow::Resu
     let mut served: Vec<Vec<f64>> = vec![Vec::new(); args.clients.len()];
     // CPU seconds of this benchmark (the clients) and of the server's own threads, per variant.
     let mut cpu = vec![(0.0, 0.0); args.clients.len()];
+    let hist_before = rt.block_on(api.histograms())?;
     for _ in 0..args.throughput_reps {
         bare.push(bare_throughput(jobs)?);
         for (i, &clients) in args.clients.iter().enumerate() {
@@ -495,6 +556,7 @@ fn throughput(rt: &Runtime, api: &Api, server: u32, args: &Args) -> anyhow::Resu
             .collect::<Vec<_>>()
             .join(", ")
     };
+    let hist = rt.block_on(api.histograms())?.means_since(&hist_before);
     let base = median(&bare);
     let mut out = format!(
         "### Throughput: python hello world, {jobs} jobs per run, {} repetitions\n\n\
@@ -523,6 +585,7 @@ fn throughput(rt: &Runtime, api: &Api, server: u32, args: &Args) -> anyhow::Resu
          `corral serve` process itself (HTTP, store, dispatcher, worker), without its sandbox \
          spawners and jobs.\n",
     );
+    out.push_str(&hist);
     Ok(out)
 }
 
@@ -718,6 +781,7 @@ fn queued(rt: &Runtime, api: &Api, pid: u32, args: &Args) -> anyhow::Result<Stri
     // The machine's load changes by the minute: a bare ceiling right before, for comparison.
     let bare = bare_throughput(args.throughput_jobs)?;
     let before = status_kib(pid, "VmRSS:").unwrap_or(0);
+    let hist_before = rt.block_on(api.histograms())?;
     let sampler = RssSampler::start(pid);
     let start = Instant::now();
     let ids = rt.block_on(submit_all(api, n, args.submit_concurrency))?;
@@ -729,6 +793,7 @@ fn queued(rt: &Runtime, api: &Api, pid: u32, args: &Args) -> anyhow::Result<Stri
     let peak = sampler.finish();
     let after = status_kib(pid, "VmRSS:").unwrap_or(0);
     let hwm = status_kib(pid, "VmHWM:").unwrap_or(0);
+    let hist = rt.block_on(api.histograms())?.means_since(&hist_before);
     let listed = rt.block_on(list_all(api, n * 2))?;
     let problems = check_jobs(&ids, &docs, &listed);
     let mib = |kib: u64| kib as f64 / 1024.0;
@@ -762,6 +827,7 @@ fn queued(rt: &Runtime, api: &Api, pid: u32, args: &Args) -> anyhow::Result<Stri
             format!("**{} problems**", problems.len())
         }
     );
+    out.push_str(&format!("\n{hist}"));
     for p in problems.iter().take(10) {
         out.push_str(&format!("\n- {p}"));
     }
