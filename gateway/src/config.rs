@@ -44,6 +44,9 @@ pub struct Config {
     /// Allow webhooks to loopback, private and link-local addresses (off: only public ones, so
     /// tenants cannot reach the gateway's own network through it).
     pub webhook_allow_private: bool,
+    /// DER certificates trusted for `https://` webhooks besides Mozilla's roots (a private CA;
+    /// tests trust their self-signed receiver this way). Certificates are always verified.
+    pub webhook_extra_roots: Vec<Vec<u8>>,
 }
 
 impl Default for Config {
@@ -82,6 +85,7 @@ impl Default for Config {
             webhook_backoff: Duration::from_secs(1),
             webhook_timeout: Duration::from_secs(10),
             webhook_allow_private: false,
+            webhook_extra_roots: Vec::new(),
         }
     }
 }

@@ -10,7 +10,7 @@
 //! - [`api`]: the axum router, authentication, request validation, documents, SSE, OpenAPI, and
 //!   image layers for nodes from a [`LayerSource`] the caller passes in.
 //! - [`hub`]: fan-out of job updates to waiters and SSE streams.
-//! - [`webhook`]: signed webhook delivery from the outbox, with retries.
+//! - [`webhook`]: signed webhook delivery (http and https) from the outbox, with retries.
 //! - [`tenants`]: creating tenants and their credentials.
 //! - [`error`]: the one API error type. [`config`]: defaults and maxima. [`metrics`]: Prometheus.
 #![forbid(unsafe_code)]
@@ -44,6 +44,9 @@ pub enum StartError {
     /// Registering metrics failed.
     #[error("registering metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// A certificate in [`Config::webhook_extra_roots`] is unusable.
+    #[error("webhook TLS roots: {0}")]
+    WebhookTls(#[from] rustls::Error),
 }
 
 /// A started gateway: its router and the dispatcher nodes connect to.
@@ -76,7 +79,7 @@ impl Gateway {
             Arc::clone(&wake),
         )
         .await?;
-        webhook::spawn(db.clone(), Arc::clone(&config), wake);
+        webhook::spawn(db.clone(), Arc::clone(&config), wake)?;
         Ok(Gateway {
             state: AppState {
                 db,

@@ -4,35 +4,35 @@
 //! task, so delivery never blocks dispatch, and a restart still delivers what was pending. Each
 //! POST carries the job document and `X-Corral-Signature: sha256=<hex HMAC-SHA256 of the body
 //! with the tenant's webhook secret>`; failures are retried with doubling delays.
-//! Plain `http://` only for now (the HTTP client has no TLS).
+//! URLs are `http://` or `https://` (rustls; the certificate must be valid for the URL's host).
 //!
 //! A tenant chooses the URL, so the gateway must not become a way into its own network: unless
 //! [`Config::webhook_allow_private`] is set, the host is resolved once, every address must be
-//! public (not loopback, private, link-local, CGNAT, unspecified or multicast), and the request
-//! goes to that checked address (no second resolution that DNS rebinding could change).
+//! public (not loopback, private, link-local, CGNAT, unspecified or multicast), and the
+//! connection goes to that checked address (no second resolution that DNS rebinding could
+//! change); with TLS the hostname is still what the certificate is checked against
+//! ([`connect`]).
 
-use std::net::{IpAddr, SocketAddr};
+mod connect;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::Uri;
-
 use axum::body::Bytes;
+use axum::http::Uri;
 use hmac::{Hmac, Mac};
 use http_body_util::Full;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use sha2::Sha256;
 use tokio::sync::Notify;
 
 use crate::api::document::JobDocument;
 use crate::config::Config;
 use crate::store::{now_ms, Db, StoreError, Webhook};
+pub use connect::is_public;
+use connect::{HttpClient, PostError};
 
 /// The header carrying the signature.
 pub const SIGNATURE_HEADER: &str = "x-corral-signature";
-
-type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
 
 /// `sha256=<hex>` HMAC-SHA256 of `body` with `secret`.
 pub fn signature(secret: &str, body: &[u8]) -> String {
@@ -42,9 +42,10 @@ pub fn signature(secret: &str, body: &[u8]) -> String {
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
-/// Starts the delivery task; `wake` tells it a new webhook is due.
-pub fn spawn(db: Db, config: Arc<Config>, wake: Arc<Notify>) {
-    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+/// Starts the delivery task; `wake` tells it a new webhook is due. Fails only on an unusable
+/// certificate in [`Config::webhook_extra_roots`].
+pub fn spawn(db: Db, config: Arc<Config>, wake: Arc<Notify>) -> Result<(), rustls::Error> {
+    let client = connect::client(&config)?;
     tokio::spawn(async move {
         loop {
             let next = match deliver_due(&db, &client, &config).await {
@@ -63,6 +64,7 @@ pub fn spawn(db: Db, config: Arc<Config>, wake: Arc<Notify>) {
             }
         }
     });
+    Ok(())
 }
 
 /// Delivers every due webhook (concurrently); when the next one is due.
@@ -124,14 +126,7 @@ async fn deliver(
     }
 }
 
-/// Why a delivery did not succeed.
-enum PostError {
-    /// It must never be sent (bad URL, non-public address): no retry.
-    Refused(String),
-    /// It may work later.
-    Failed(String),
-}
-
+/// POSTs the signed `body` to `url`; the connection is made by [`connect::CheckedConnector`].
 async fn post(
     client: &HttpClient,
     url: &str,
@@ -142,30 +137,10 @@ async fn post(
     let uri: Uri = url
         .parse()
         .map_err(|_| PostError::Refused("not a URL".into()))?;
-    let host = uri
-        .host()
-        .ok_or_else(|| PostError::Refused("no host".into()))?;
-    let authority = uri.authority().map(|a| a.to_string()).unwrap_or_default();
-    let port = uri.port_u16().unwrap_or(80);
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
-        .await
-        .map_err(|e| PostError::Failed(format!("resolving {host}: {e}")))?
-        .collect();
-    let addr = *addrs
-        .first()
-        .ok_or_else(|| PostError::Failed(format!("{host} has no address")))?;
-    if !config.webhook_allow_private {
-        if let Some(bad) = addrs.iter().find(|a| !is_public(a.ip())) {
-            return Err(PostError::Refused(format!(
-                "{host} resolves to {}",
-                bad.ip()
-            )));
-        }
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+        return Err(PostError::Refused("not an http(s) URL with a host".into()));
     }
-    let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    let request = axum::http::Request::post(format!("http://{addr}{path}"))
-        .header("host", authority)
+    let request = axum::http::Request::post(uri)
         .header("content-type", "application/json")
         .header("user-agent", "corral-webhook")
         .header(SIGNATURE_HEADER, signature(secret, &body))
@@ -174,40 +149,11 @@ async fn post(
     let response = tokio::time::timeout(config.webhook_timeout, client.request(request))
         .await
         .map_err(|_| PostError::Failed("timed out".into()))?
-        .map_err(|e| PostError::Failed(e.to_string()))?;
+        .map_err(|e| connect::classify(&e))?;
     if response.status().is_success() {
         Ok(())
     } else {
         Err(PostError::Failed(format!("answered {}", response.status())))
-    }
-}
-
-/// Whether an address is on the public internet (not this host, not a private network).
-pub fn is_public(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(a) => {
-            let [o0, o1, ..] = a.octets();
-            !(a.is_loopback()
-                || a.is_private()
-                || a.is_link_local()
-                || a.is_unspecified()
-                || a.is_broadcast()
-                || a.is_multicast()
-                || a.is_documentation()
-                || o0 == 0
-                || (o0 == 100 && (o1 & 0xc0) == 64))
-        }
-        IpAddr::V6(a) => {
-            if let Some(v4) = a.to_ipv4_mapped() {
-                return is_public(IpAddr::V4(v4));
-            }
-            let s0 = a.segments()[0];
-            !(a.is_loopback()
-                || a.is_unspecified()
-                || a.is_multicast()
-                || (s0 & 0xfe00) == 0xfc00
-                || (s0 & 0xffc0) == 0xfe80)
-        }
     }
 }
 

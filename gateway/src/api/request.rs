@@ -450,12 +450,12 @@ fn callback(url: String, config: &Config) -> Result<String, ApiError> {
     if url.len() > config.max_key_bytes {
         return Err(bad("callback_url is too long"));
     }
-    if url.starts_with("https://") {
-        return Err(bad("https callbacks are not supported yet; use http://"));
-    }
     let uri: axum::http::Uri = url.parse().map_err(|_| bad("callback_url is not a URL"))?;
-    let Some(host) = uri.host().filter(|_| uri.scheme_str() == Some("http")) else {
-        return Err(bad("callback_url must be an http:// URL with a host"));
+    let web = matches!(uri.scheme_str(), Some("http" | "https"));
+    let Some(host) = uri.host().filter(|_| web) else {
+        return Err(bad(
+            "callback_url must be an http:// or https:// URL with a host",
+        ));
     };
     let literal = host.trim_start_matches('[').trim_end_matches(']');
     if let Ok(ip) = literal.parse::<std::net::IpAddr>() {
