@@ -47,10 +47,22 @@ fn parse_digest(raw: &str) -> Result<String, ApiError> {
     }
 }
 
-fn source(state: &AppState) -> Result<Arc<dyn LayerSource>, ApiError> {
-    state
+/// `lookup` of the layer `raw_digest` names, on a blocking thread: 422 for a bad digest, 404
+/// without a source or when the layer is not stored.
+async fn find<T: Send + 'static>(
+    state: &AppState,
+    raw_digest: &str,
+    lookup: fn(&dyn LayerSource, &str) -> Result<Option<T>, String>,
+) -> Result<T, ApiError> {
+    let digest = parse_digest(raw_digest)?;
+    let source: Arc<dyn LayerSource> = state
         .layers
         .clone()
+        .ok_or_else(|| ApiError::not_found("image layer"))?;
+    tokio::task::spawn_blocking(move || lookup(source.as_ref(), &digest))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?
         .ok_or_else(|| ApiError::not_found("image layer"))
 }
 
@@ -60,13 +72,7 @@ pub(super) async fn manifest(
     _caller: Caller,
     Path(digest): Path<String>,
 ) -> Result<Response, ApiError> {
-    let digest = parse_digest(&digest)?;
-    let source = source(&state)?;
-    let found = tokio::task::spawn_blocking(move || source.manifest(&digest))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)?;
-    let json = found.ok_or_else(|| ApiError::not_found("image layer"))?;
+    let json = find(&state, &digest, |source, digest| source.manifest(digest)).await?;
     Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response())
 }
 
@@ -76,13 +82,7 @@ pub(super) async fn layer(
     _caller: Caller,
     Path(digest): Path<String>,
 ) -> Result<Response, ApiError> {
-    let digest = parse_digest(&digest)?;
-    let source = source(&state)?;
-    let opened = tokio::task::spawn_blocking(move || source.open(&digest))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)?;
-    let (reader, len) = opened.ok_or_else(|| ApiError::not_found("image layer"))?;
+    let (reader, len) = find(&state, &digest, |source, digest| source.open(digest)).await?;
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
     tokio::task::spawn_blocking(move || pump(reader, tx));
     let stream = futures::stream::unfold(rx, |mut rx| async move {
