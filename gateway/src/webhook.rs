@@ -11,7 +11,7 @@
 //! public (not loopback, private, link-local, CGNAT, unspecified or multicast), and the
 //! connection goes to that checked address (no second resolution that DNS rebinding could
 //! change); with TLS the hostname is still what the certificate is checked against
-//! ([`connect`]).
+//! (the private `connect` module).
 
 mod connect;
 
@@ -126,7 +126,7 @@ async fn deliver(
     }
 }
 
-/// POSTs the signed `body` to `url`; the connection is made by [`connect::CheckedConnector`].
+/// POSTs the signed `body` to `url`; the connection is made by `connect::CheckedConnector`.
 async fn post(
     client: &HttpClient,
     url: &str,
