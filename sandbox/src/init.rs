@@ -129,7 +129,7 @@ struct JobStdio {
 /// Everything that does not depend on the job itself: namespaces settled, root built and entered.
 fn prepare_root(req: &JobRequest, sync: Option<OwnedFd>) -> Result<(), String> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(|e| format!("pdeathsig: {e}"))?;
-    crate::userns::wait_for_maps(sync)?;
+    crate::userns::wait_for_release(req, sync)?;
     nix::sys::prctl::set_dumpable(false).map_err(|e| format!("dumpable: {e}"))?;
     rootfs::apply(&rootfs::plan(req), &[], &mut RealSys).map_err(|e| e.to_string())?;
     if req.network {

@@ -94,15 +94,6 @@ pub(crate) fn single_threaded() -> Result<(), Error> {
     }
 }
 
-/// Move this process into the cgroups whose `tasks`/`cgroup.procs` files are given.
-fn write_zero(files: &[PathBuf]) -> Result<(), String> {
-    for file in files {
-        std::fs::write(file, "0")
-            .map_err(|e| format!("moving into cgroup {}: {e}", file.display()))?;
-    }
-    Ok(())
-}
-
 /// One slot of the pool.
 pub(crate) struct Slot {
     /// Position in the pool.
@@ -115,8 +106,6 @@ pub(crate) struct Slot {
     pub cgroup: Box<dyn SlotCgroup>,
     /// Started on first use and again after any failure.
     spawner: Option<Spawner>,
-    /// For [`Helper::InProcess`]: the files that move this process back home after a launch.
-    home_files: Vec<PathBuf>,
     /// Where the slot's persistent network namespace is pinned, if the sandbox keeps one.
     pub netns: Option<PathBuf>,
     /// PID 1 of the last job when it has reported but not yet been reaped (its namespaces may
@@ -133,7 +122,6 @@ impl Slot {
         cgroup: Box<dyn SlotCgroup>,
         netns: Option<PathBuf>,
     ) -> Result<Slot, Error> {
-        let home_files = cgroup.home_attach_files()?;
         Ok(Slot {
             index: lease.index,
             uid: uid_base + lease.index as u32,
@@ -141,7 +129,6 @@ impl Slot {
             cgroup,
             spawner: None,
             netns,
-            home_files,
             pending: None,
             _lease: lease,
         })
@@ -285,8 +272,6 @@ impl Slot {
         fds: [RawFd; 4],
     ) -> Result<Launched, String> {
         single_threaded().map_err(|e| e.to_string())?;
-        let join = self.cgroup.self_attach_files();
-        write_zero(&join)?;
         let dup = |fd| sys::dup_cloexec_raw(fd).map_err(|e| format!("dup: {e}"));
         let init_fds = InitFds {
             stdin: dup(fds[0])?,
@@ -295,17 +280,13 @@ impl Slot {
             report: dup(fds[3])?,
             sync: None,
         };
+        // PID 1 is moved into the slot's cgroups before it runs anything (it waits on a sync pipe
+        // meanwhile); this process stays where it is. One migration per job, and not the slow
+        // one: leaving a memory cgroup again after a clone costs an RCU grace period.
+        let join = self.cgroup.self_attach_files();
         // SAFETY: single_threaded() just checked that no other thread exists.
         #[allow(unsafe_code)]
-        let cloned = unsafe { crate::spawner::clone_init(req, blobs, init_fds) };
-        // Only this process goes home: PID 1 must stay in the slot's cgroups.
-        let home = write_zero(&self.home_files);
-        let (pid, pidfd) = cloned?;
-        if let Err(e) = home {
-            let _ = sys::pidfd_send_signal(std::os::fd::AsFd::as_fd(&pidfd), libc::SIGKILL);
-            let _ = nix::sys::wait::waitpid(pid, None);
-            return Err(e);
-        }
+        let (pid, pidfd) = unsafe { crate::spawner::clone_init(req, blobs, init_fds, &join) }?;
         Ok(Launched {
             pidfd,
             direct_pid: Some(pid),

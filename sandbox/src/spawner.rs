@@ -201,7 +201,7 @@ fn run_one(
             // SAFETY: the spawner is single-threaded.
             #[allow(unsafe_code)]
             unsafe {
-                clone_init(req, blobs, fds)
+                clone_init(req, blobs, fds, &[])
             }
         }
     };
@@ -299,7 +299,7 @@ impl Drop for Prepared {
 #[allow(unsafe_code)]
 unsafe fn prepare(template: &JobRequest) -> Result<Prepared, String> {
     let (ours, theirs) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
-    let sync = crate::userns::sync_pipe(template)?;
+    let sync = crate::userns::sync_pipe(template, false)?;
     // SAFETY: forwarded to the caller's contract.
     #[allow(unsafe_code)]
     let cloned = unsafe { sys::clone_with_pidfd(job_namespaces(template)) };
@@ -311,7 +311,7 @@ unsafe fn prepare(template: &JobRequest) -> Result<Prepared, String> {
         Ok(CloneResult::Parent { pid, pidfd }) => {
             drop(theirs);
             if let Some(sync) = sync {
-                if let Err(e) = crate::userns::map_and_release(template, pid, sync) {
+                if let Err(e) = crate::userns::place_and_release(template, pid, &[], sync) {
                     let _ = sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
                     let _ = waitpid(pid, None);
                     return Err(e);
@@ -328,8 +328,10 @@ unsafe fn prepare(template: &JobRequest) -> Result<Prepared, String> {
     }
 }
 
-/// Clone the job's PID 1 into its namespaces (with its user namespace mapped, if asked) and return
-/// its pid and pidfd. The child runs [`init_main`] and never returns here.
+/// Clone the job's PID 1 into its namespaces and return its pid and pidfd, once it is placed in the
+/// cgroups whose `tasks`/`cgroup.procs` files are given (none: it inherits the caller's, the slot's
+/// when the caller is the spawner) and its user namespace is mapped, if asked. The child runs
+/// [`init_main`] and never returns here.
 ///
 /// # Safety
 ///
@@ -339,8 +341,9 @@ pub(crate) unsafe fn clone_init(
     req: &JobRequest,
     blobs: &[Vec<u8>],
     mut fds: InitFds,
+    cgroup_files: &[std::path::PathBuf],
 ) -> Result<(nix::unistd::Pid, OwnedFd), String> {
-    let sync = crate::userns::sync_pipe(req)?;
+    let sync = crate::userns::sync_pipe(req, !cgroup_files.is_empty())?;
     // SAFETY: forwarded to the caller's contract.
     #[allow(unsafe_code)]
     let cloned = unsafe { sys::clone_with_pidfd(job_namespaces(req)) };
@@ -352,7 +355,7 @@ pub(crate) unsafe fn clone_init(
         Ok(CloneResult::Parent { pid, pidfd }) => {
             drop(fds);
             if let Some(sync) = sync {
-                if let Err(e) = crate::userns::map_and_release(req, pid, sync) {
+                if let Err(e) = crate::userns::place_and_release(req, pid, cgroup_files, sync) {
                     let _ = sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
                     let _ = waitpid(pid, None);
                     return Err(e);

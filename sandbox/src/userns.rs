@@ -1,7 +1,8 @@
-//! The optional user namespace of a job's PID 1. The parent (spawner, or the process itself in
-//! in-process mode) writes the maps after the clone, then releases PID 1 through a sync pipe:
-//! container root is an unprivileged host uid of its own, the job's uid maps to itself, and
-//! nothing else is mapped.
+//! The sync pipe a freshly cloned PID 1 waits on until its parent has set it up, and the optional
+//! user namespace set up that way. The parent (spawner, or the process itself in in-process mode)
+//! places PID 1 in the slot's cgroups when it is not there already and writes its maps, then
+//! releases it: container root is an unprivileged host uid of its own, the job's uid maps to
+//! itself, and nothing else is mapped.
 
 use std::os::fd::OwnedFd;
 
@@ -17,9 +18,9 @@ pub struct SyncPipe {
     pub release: OwnedFd,
 }
 
-/// A sync pipe when `req` asks for a user namespace.
-pub fn sync_pipe(req: &JobRequest) -> Result<Option<SyncPipe>, String> {
-    if req.userns_root.is_none() {
+/// A sync pipe when `req` asks for a user namespace or the parent must place PID 1 (`place`).
+pub fn sync_pipe(req: &JobRequest, place: bool) -> Result<Option<SyncPipe>, String> {
+    if req.userns_root.is_none() && !place {
         return Ok(None);
     }
     let (wait, release) =
@@ -27,32 +28,45 @@ pub fn sync_pipe(req: &JobRequest) -> Result<Option<SyncPipe>, String> {
     Ok(Some(SyncPipe { wait, release }))
 }
 
-/// In the parent: write PID 1's maps, then release it.
-pub fn map_and_release(req: &JobRequest, pid: Pid, sync: SyncPipe) -> Result<(), String> {
+/// In the parent: move PID 1 into the cgroups whose `tasks`/`cgroup.procs` files are given, write
+/// its maps (with a user namespace), then release it.
+pub fn place_and_release(
+    req: &JobRequest,
+    pid: Pid,
+    cgroup_files: &[std::path::PathBuf],
+    sync: SyncPipe,
+) -> Result<(), String> {
     drop(sync.wait);
-    let Some(root) = req.userns_root else {
-        return Ok(());
-    };
-    let write = |name: &str, contents: String| {
-        let path = format!("/proc/{pid}/{name}");
-        std::fs::write(&path, contents).map_err(|e| format!("writing {path}: {e}"))
-    };
-    write("uid_map", format!("0 {root} 1\n{0} {0} 1\n", req.uid))?;
-    write("gid_map", format!("0 {root} 1\n{0} {0} 1\n", req.gid))?;
+    for file in cgroup_files {
+        std::fs::write(file, pid.to_string())
+            .map_err(|e| format!("moving PID 1 into cgroup {}: {e}", file.display()))?;
+    }
+    if let Some(root) = req.userns_root {
+        let write = |name: &str, contents: String| {
+            let path = format!("/proc/{pid}/{name}");
+            std::fs::write(&path, contents).map_err(|e| format!("writing {path}: {e}"))
+        };
+        write("uid_map", format!("0 {root} 1\n{0} {0} 1\n", req.uid))?;
+        write("gid_map", format!("0 {root} 1\n{0} {0} 1\n", req.gid))?;
+    }
     let mut release = std::fs::File::from(sync.release);
     std::io::Write::write_all(&mut release, b"1").map_err(|e| format!("releasing PID 1: {e}"))
 }
 
-/// In PID 1: wait until the parent wrote the maps (end of file without a byte: it failed), then
-/// become the namespace's root: until then PID 1 still holds the host's (unmapped) root ids.
-pub fn wait_for_maps(sync: Option<OwnedFd>) -> Result<(), String> {
+/// In PID 1: wait until the parent placed it and wrote the maps (end of file without a byte: it
+/// failed), then, in a user namespace, become its root: until then PID 1 still holds the host's
+/// (unmapped) root ids.
+pub fn wait_for_release(req: &JobRequest, sync: Option<OwnedFd>) -> Result<(), String> {
     let Some(fd) = sync else { return Ok(()) };
     let mut byte = [0u8; 1];
     if !matches!(
         std::io::Read::read(&mut std::fs::File::from(fd), &mut byte),
         Ok(1)
     ) {
-        return Err("the parent did not set up the user namespace".to_string());
+        return Err("the parent did not set up PID 1".to_string());
+    }
+    if req.userns_root.is_none() {
+        return Ok(());
     }
     let root_gid = nix::unistd::Gid::from_raw(0);
     let root_uid = nix::unistd::Uid::from_raw(0);
