@@ -23,7 +23,7 @@ use tracing::Instrument;
 
 use crate::convert::internal_error;
 use crate::executor::Executor;
-use crate::load::{memory_available, CpuLoad};
+use crate::load::HostLoad;
 use crate::metrics::Metrics;
 use crate::runner::{run_job, Finished, Job};
 use crate::selftest::self_test;
@@ -321,19 +321,20 @@ type StatusFn = Arc<dyn Fn(usize, usize) -> NodeStatus + Send + Sync>;
 
 fn status_fn(node: NodeId, executor: &dyn Executor, metrics: &Metrics) -> StatusFn {
     let images = executor.images();
-    let cpu = CpuLoad::default();
+    let load = HostLoad::default();
     let metrics = metrics.clone();
     Arc::new(move |total, busy| {
         metrics.slots_busy.set(busy as f64);
         metrics
             .slot_utilization
             .set((busy as f64 / total.max(1) as f64).min(1.0));
+        let (cpu_utilization, memory_available_bytes) = load.sample();
         NodeStatus {
             node: node.clone(),
             slots: total as u32,
             free_slots: total.saturating_sub(busy) as u32,
-            cpu_utilization: cpu.sample(),
-            memory_available_bytes: memory_available(),
+            cpu_utilization,
+            memory_available_bytes,
             images: images.clone(),
         }
     })

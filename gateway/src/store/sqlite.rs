@@ -76,6 +76,8 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // Every statement is prepared once per connection (see `prepare_cached` below).
+        conn.set_prepared_statement_cache_capacity(64);
         migrate(&conn)?;
         Ok(SqliteStore {
             conn: Mutex::new(conn),
@@ -201,22 +203,23 @@ fn parse_id(text: &str) -> Result<JobId, StoreError> {
 impl Store for SqliteStore {
     fn create_tenant(&self, t: &NewTenant) -> Result<(), StoreError> {
         let q = &t.quota;
-        let res = self.conn().execute(
+        let conn = self.conn();
+        let mut insert = conn.prepare_cached(
             "INSERT INTO tenants (name, key_hash, webhook_secret, max_concurrent, rate_per_minute,
                  max_cpu_time_ms, max_memory_bytes, network_allowed, created_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            params![
-                t.name,
-                t.key_hash,
-                t.webhook_secret,
-                q.max_concurrent,
-                q.rate_per_minute,
-                q.max_cpu_time_ms as i64,
-                q.max_memory_bytes as i64,
-                q.network_allowed,
-                t.created_ms
-            ],
-        );
+        )?;
+        let res = insert.execute(params![
+            t.name,
+            t.key_hash,
+            t.webhook_secret,
+            q.max_concurrent,
+            q.rate_per_minute,
+            q.max_cpu_time_ms as i64,
+            q.max_memory_bytes as i64,
+            q.network_allowed,
+            t.created_ms
+        ]);
         match res {
             Ok(_) => Ok(()),
             Err(rusqlite::Error::SqliteFailure(e, _))
@@ -232,7 +235,8 @@ impl Store for SqliteStore {
         let sql = format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE key_hash = ?1");
         Ok(self
             .conn()
-            .query_row(&sql, [key_hash], tenant_from_row)
+            .prepare_cached(&sql)?
+            .query_row([key_hash], tenant_from_row)
             .optional()?)
     }
 
@@ -240,13 +244,14 @@ impl Store for SqliteStore {
         let sql = format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE name = ?1");
         Ok(self
             .conn()
-            .query_row(&sql, [name], tenant_from_row)
+            .prepare_cached(&sql)?
+            .query_row([name], tenant_from_row)
             .optional()?)
     }
 
     fn list_tenants(&self) -> Result<Vec<Tenant>, StoreError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare(&format!(
+        let mut stmt = conn.prepare_cached(&format!(
             "SELECT {TENANT_COLUMNS} FROM tenants ORDER BY name"
         ))?;
         let rows = stmt.query_map([], tenant_from_row)?;
@@ -256,7 +261,8 @@ impl Store for SqliteStore {
     fn revoke_tenant(&self, name: &str) -> Result<bool, StoreError> {
         let n = self
             .conn()
-            .execute("UPDATE tenants SET revoked = 1 WHERE name = ?1", [name])?;
+            .prepare_cached("UPDATE tenants SET revoked = 1 WHERE name = ?1")?
+            .execute([name])?;
         Ok(n == 1)
     }
 
@@ -269,26 +275,27 @@ impl Store for SqliteStore {
                 "SELECT {JOB_COLUMNS} FROM jobs WHERE tenant = ?1 AND idempotency_key = ?2"
             );
             let existing = tx
-                .query_row(&sql, params![job.spec.tenant, key], raw_job)
+                .prepare_cached(&sql)?
+                .query_row(params![job.spec.tenant, key], raw_job)
                 .optional()?;
             if let Some(raw) = existing {
                 return Ok(InsertOutcome::Existing(Box::new(decode(raw)?)));
             }
         }
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO jobs (id, tenant, state, spec, version, callback_url, idempotency_key,
                  created_ms)
              VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7)",
-            params![
-                job.spec.id.to_string(),
-                job.spec.tenant,
-                spec,
-                job.version,
-                job.callback_url,
-                job.idempotency_key,
-                job.created_ms
-            ],
-        )?;
+        )?
+        .execute(params![
+            job.spec.id.to_string(),
+            job.spec.tenant,
+            spec,
+            job.version,
+            job.callback_url,
+            job.idempotency_key,
+            job.created_ms
+        ])?;
         tx.commit()?;
         Ok(InsertOutcome::Inserted)
     }
@@ -297,7 +304,8 @@ impl Store for SqliteStore {
         let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1 AND tenant = ?2");
         let raw = self
             .conn()
-            .query_row(&sql, params![id.to_string(), tenant], raw_job)
+            .prepare_cached(&sql)?
+            .query_row(params![id.to_string(), tenant], raw_job)
             .optional()?;
         raw.map(decode).transpose()
     }
@@ -311,7 +319,7 @@ impl Store for SqliteStore {
         // Ids are UUIDv7 in lowercase hex: their text order is their creation order.
         let before = before.map_or_else(|| "~".to_string(), |id| id.to_string());
         let conn = self.conn();
-        let mut stmt = conn.prepare(&format!(
+        let mut stmt = conn.prepare_cached(&format!(
             "SELECT {JOB_COLUMNS} FROM jobs WHERE tenant = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3"
         ))?;
         let raws = stmt
@@ -321,17 +329,17 @@ impl Store for SqliteStore {
     }
 
     fn requeue_all_running(&self) -> Result<u64, StoreError> {
-        let n = self.conn().execute(
-            "UPDATE jobs SET state = 'queued' WHERE state = 'running'",
-            [],
-        )?;
+        let n = self
+            .conn()
+            .prepare_cached("UPDATE jobs SET state = 'queued' WHERE state = 'running'")?
+            .execute([])?;
         Ok(n as u64)
     }
 
     fn queued_jobs(&self) -> Result<Vec<(JobId, String)>, StoreError> {
         let conn = self.conn();
         let mut stmt =
-            conn.prepare("SELECT id, tenant FROM jobs WHERE state = 'queued' ORDER BY id")?;
+            conn.prepare_cached("SELECT id, tenant FROM jobs WHERE state = 'queued' ORDER BY id")?;
         let rows = stmt
             .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
             .collect::<Result<Vec<_>, _>>()?;
@@ -343,12 +351,13 @@ impl Store for SqliteStore {
     fn start_job(&self, id: JobId, now_ms: i64) -> Result<Option<StartedJob>, StoreError> {
         let row = self
             .conn()
-            .query_row(
+            .prepare_cached(
                 "UPDATE jobs SET state = 'running', attempts = attempts + 1, started_ms = ?2
                  WHERE id = ?1 AND state = 'queued' RETURNING spec, attempts",
-                params![id.to_string(), now_ms],
-                |r| Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?)),
-            )
+            )?
+            .query_row(params![id.to_string(), now_ms], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?))
+            })
             .optional()?;
         let Some((spec, attempt)) = row else {
             return Ok(None);
@@ -361,9 +370,7 @@ impl Store for SqliteStore {
     }
 
     fn requeue_job(&self, id: JobId, attempt: u32) -> Result<bool, StoreError> {
-        let n = self.conn().execute(
-            "UPDATE jobs SET state = 'queued' WHERE id = ?1 AND state = 'running' AND attempts = ?2",
-            params![id.to_string(), attempt],
+        let n = self.conn().prepare_cached("UPDATE jobs SET state = 'queued' WHERE id = ?1 AND state = 'running' AND attempts = ?2")?.execute(params![id.to_string(), attempt],
         )?;
         Ok(n == 1)
     }
@@ -381,10 +388,12 @@ impl Store for SqliteStore {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let row = tx
-            .query_row(
+            .prepare_cached(
                 "UPDATE jobs SET state = ?3, result = ?4, finished_ms = ?5
                  WHERE id = ?1 AND state = 'running' AND attempts = ?2
                  RETURNING tenant, callback_url",
+            )?
+            .query_row(
                 params![id.to_string(), attempt, state, result, now_ms],
                 |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?)),
             )
@@ -393,10 +402,10 @@ impl Store for SqliteStore {
             return Ok(false);
         };
         if let Some(url) = callback {
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO webhooks (job, tenant, url, next_ms) VALUES (?1, ?2, ?3, ?4)",
-                params![id.to_string(), tenant, url, now_ms],
-            )?;
+            )?
+            .execute(params![id.to_string(), tenant, url, now_ms])?;
         }
         tx.commit()?;
         Ok(true)
@@ -411,21 +420,18 @@ impl Store for SqliteStore {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let state: Option<String> = tx
-            .query_row(
-                "SELECT state FROM jobs WHERE id = ?1 AND tenant = ?2",
-                params![id.to_string(), tenant],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT state FROM jobs WHERE id = ?1 AND tenant = ?2")?
+            .query_row(params![id.to_string(), tenant], |r| r.get(0))
             .optional()?;
         let outcome = match state.as_deref().and_then(JobState::parse) {
             None => CancelOutcome::NotFound,
             Some(JobState::Running) => CancelOutcome::Running,
             Some(JobState::Done | JobState::Cancelled) => CancelOutcome::Finished,
             Some(JobState::Queued) => {
-                tx.execute(
+                tx.prepare_cached(
                     "UPDATE jobs SET state = 'cancelled', finished_ms = ?2 WHERE id = ?1",
-                    params![id.to_string(), now_ms],
-                )?;
+                )?
+                .execute(params![id.to_string(), now_ms])?;
                 CancelOutcome::Cancelled
             }
         };
@@ -435,7 +441,7 @@ impl Store for SqliteStore {
 
     fn count_by_state(&self) -> Result<Vec<(JobState, u64)>, StoreError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT state, COUNT(*) FROM jobs GROUP BY state")?;
+        let mut stmt = conn.prepare_cached("SELECT state, COUNT(*) FROM jobs GROUP BY state")?;
         let rows = stmt
             .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
             .collect::<Result<Vec<_>, _>>()?;
@@ -447,7 +453,7 @@ impl Store for SqliteStore {
 
     fn due_webhooks(&self, now_ms: i64, limit: u32) -> Result<Vec<Webhook>, StoreError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare(
+        let mut stmt = conn.prepare_cached(
             "SELECT job, tenant, url, attempts FROM webhooks
              WHERE state = 'pending' AND next_ms <= ?1 ORDER BY next_ms LIMIT ?2",
         )?;
@@ -474,27 +480,24 @@ impl Store for SqliteStore {
     }
 
     fn next_webhook_due(&self) -> Result<Option<i64>, StoreError> {
-        Ok(self.conn().query_row(
-            "SELECT MIN(next_ms) FROM webhooks WHERE state = 'pending'",
-            [],
-            |r| r.get(0),
-        )?)
+        Ok(self
+            .conn()
+            .prepare_cached("SELECT MIN(next_ms) FROM webhooks WHERE state = 'pending'")?
+            .query_row([], |r| r.get(0))?)
     }
 
     fn webhook_finished(&self, job: JobId, gave_up: bool) -> Result<(), StoreError> {
         let state = if gave_up { "gave_up" } else { "delivered" };
-        self.conn().execute(
-            "UPDATE webhooks SET state = ?2 WHERE job = ?1",
-            params![job.to_string(), state],
-        )?;
+        self.conn()
+            .prepare_cached("UPDATE webhooks SET state = ?2 WHERE job = ?1")?
+            .execute(params![job.to_string(), state])?;
         Ok(())
     }
 
     fn webhook_retry(&self, job: JobId, attempts: u32, next_ms: i64) -> Result<(), StoreError> {
-        self.conn().execute(
-            "UPDATE webhooks SET attempts = ?2, next_ms = ?3 WHERE job = ?1",
-            params![job.to_string(), attempts, next_ms],
-        )?;
+        self.conn()
+            .prepare_cached("UPDATE webhooks SET attempts = ?2, next_ms = ?3 WHERE job = ?1")?
+            .execute(params![job.to_string(), attempts, next_ms])?;
         Ok(())
     }
 }
