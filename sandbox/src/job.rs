@@ -139,11 +139,8 @@ fn restrict(req: &JobRequest) -> Result<(), String> {
     };
     crate::landlock::restrict(&rules, req.require_landlock)
         .map_err(|e| format!("landlock: {e}"))?;
-    let program = crate::seccomp::compile(&crate::seccomp::Policy {
-        network: req.network,
-    })
-    .map_err(|e| format!("seccomp: {e}"))?;
-    crate::seccomp::install(&program).map_err(|e| format!("seccomp: {e}"))
+    let filters = crate::seccomp::filter().map_err(|e| format!("seccomp: {e}"))?;
+    crate::seccomp::install(filters).map_err(|e| format!("seccomp: {e}"))
 }
 
 /// Exec `argv[0]`, searching the job's PATH when it has no `/`.

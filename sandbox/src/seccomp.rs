@@ -20,17 +20,11 @@
 
 mod bpf;
 
+use std::sync::OnceLock;
+
 use seccompiler::BpfProgram;
 
 use bpf::Rule;
-
-/// What the filters must allow beyond the default.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Policy {
-    /// The job was granted networking (its own namespace with loopback). Sockets are limited to
-    /// unix/inet/inet6 either way; without a grant Landlock denies TCP and no interface is up.
-    pub network: bool,
-}
 
 /// Failure to build or install the filters.
 #[derive(Debug, thiserror::Error)]
@@ -56,9 +50,20 @@ impl Filters {
     }
 }
 
-/// Compile the filter for `policy`.
-pub fn compile(policy: &Policy) -> Result<Filters, SeccompError> {
-    let _ = policy.network; // the same filter serves both; see Policy::network
+/// The filter, compiled once per process. Every job gets the same one (networking is granted by
+/// Landlock and the network namespace, not here: sockets are limited to unix/inet/inet6 either
+/// way). The spawner compiles it at start-up, so the PID 1s and jobs it clones inherit it built.
+pub fn filter() -> Result<&'static Filters, SeccompError> {
+    static FILTER: OnceLock<Filters> = OnceLock::new();
+    if let Some(filters) = FILTER.get() {
+        return Ok(filters);
+    }
+    let filters = compile()?;
+    Ok(FILTER.get_or_init(|| filters))
+}
+
+/// Compile the filter.
+pub fn compile() -> Result<Filters, SeccompError> {
     if !cfg!(target_arch = "x86_64") {
         return Err(SeccompError::UnsupportedArch);
     }

@@ -91,6 +91,11 @@ fn serve(sock: &mut UnixStream) -> std::io::Result<()> {
     // CAP_SYS_RESOURCE, which some hosts withhold even from root; the job raises its own score to the
     // maximum anyway (see `job`), so it is the victim either way.
     let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");
+    // Built once here, inherited by every PID 1 and job cloned from this process.
+    if let Err(e) = crate::seccomp::filter() {
+        let error = e.to_string();
+        return send_frame(sock, &SpawnerMsg::Failed { error }, &[], &[]);
+    }
     send_frame(
         sock,
         &SpawnerMsg::Ready {

@@ -25,7 +25,7 @@ fn raw(nr: i64, args: [u64; 4]) -> i32 {
 
 /// Run `probe` on a new thread with the filters installed.
 fn filtered<T: Send + 'static>(probe: impl FnOnce() -> T + Send + 'static) -> T {
-    let filters = compile(&Policy { network: false }).expect("compile");
+    let filters = compile().expect("compile");
     std::thread::spawn(move || {
         nix::sys::prctl::set_no_new_privs().expect("no_new_privs");
         install(&filters).expect("install");
@@ -37,7 +37,7 @@ fn filtered<T: Send + 'static>(probe: impl FnOnce() -> T + Send + 'static) -> T 
 
 #[test]
 fn compiles_to_a_program_the_kernel_accepts() {
-    let filters = compile(&Policy { network: true }).unwrap();
+    let filters = compile().unwrap();
     assert!(filters.instructions() > 100 && filters.instructions() < 4096);
     assert_eq!(filtered(|| raw(libc::SYS_getpid, [0; 4])), 0);
 }
