@@ -5,13 +5,15 @@
 //! holds only job ids per tenant (oldest first); specs stay in the store until a job is assigned.
 //! Placement and fair sharing are `corral-balancer`'s plain functions over snapshots of this state.
 //!
-//! A node is a channel pair speaking the protocol: the dispatcher sends `Assign` only while both
+//! A node is a channel pair speaking the protocol (the task reads every node's receiver itself,
+//! with no forwarding task per node): the dispatcher sends `Assign` only while both
 //! its own count of the node's unfinished jobs is below the node's slots and the node's last
 //! report shows a free slot, and records each `Done` with
 //! the attempt it assigned, so a result is stored exactly once. When a node's channel closes, its
 //! jobs go back to the front of their tenants' queues.
 
 use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -19,11 +21,14 @@ use corral_balancer::{choose_node, choose_tenant, TenantLoad};
 use corral_protocol::{
     CoordinatorMessage, JobId, JobResult, LanguageInfo, NodeStatus, Verdict, WorkerMessage,
 };
+use futures::{stream, Stream, StreamExt};
 use tokio::sync::{mpsc, watch, Notify};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamMap;
 
-use crate::hub::{Hub, Update};
+use crate::hub::{Finished, Hub, Update};
 use crate::metrics::Metrics;
-use crate::store::{now_ms, Db, JobState, StoreError};
+use crate::store::{now_ms, Db, FinishOutcome, JobState, StoreError};
 
 /// A request to the dispatcher task.
 #[derive(Debug)]
@@ -79,9 +84,9 @@ impl Dispatcher {
             hub,
             metrics,
             webhooks,
-            inbox: tx.clone(),
             languages: lang_tx,
             nodes: HashMap::new(),
+            from_nodes: StreamMap::new(),
             next_node: 0,
             queues: HashMap::new(),
             running: HashMap::new(),
@@ -118,6 +123,9 @@ impl Dispatcher {
     }
 }
 
+/// Messages of one node; `None` once its channel closed.
+type NodeStream = Pin<Box<dyn Stream<Item = Option<WorkerMessage>> + Send>>;
+
 /// A connected node.
 struct Node {
     /// Messages to it.
@@ -153,6 +161,8 @@ struct Running {
     language: String,
     /// The attempt assigned: only this attempt's result is recorded.
     attempt: u32,
+    /// When the store recorded this attempt's start, ms since the epoch.
+    started_ms: i64,
     /// When it was assigned.
     started: Instant,
     /// A cancel was sent: if the node is lost, end the job as cancelled instead of re-running it.
@@ -169,12 +179,12 @@ struct State {
     metrics: Metrics,
     /// Wakes the webhook deliverer when a result with a callback is recorded.
     webhooks: Arc<Notify>,
-    /// For node reader tasks.
-    inbox: mpsc::UnboundedSender<Command>,
     /// Languages of the connected nodes, for the API.
     languages: watch::Sender<Arc<Vec<LanguageInfo>>>,
     /// Connected nodes by a key local to this process.
     nodes: HashMap<u64, Node>,
+    /// The nodes' messages, by the same key.
+    from_nodes: StreamMap<u64, NodeStream>,
     /// The next node key.
     next_node: u64,
     /// Queued job ids and running counts by tenant.
@@ -187,9 +197,26 @@ struct State {
 
 impl State {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
-        while let Some(cmd) = rx.recv().await {
+        loop {
+            let cmd = tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => cmd,
+                    None => return,
+                },
+                Some((key, msg)) = self.from_nodes.next(), if !self.from_nodes.is_empty() => {
+                    match msg {
+                        Some(msg) => Command::FromNode(key, msg),
+                        None => Command::NodeGone(key),
+                    }
+                }
+            };
+            // Progress events change nothing that assignment depends on.
+            let may_assign = !matches!(cmd, Command::FromNode(_, WorkerMessage::Event { .. }));
             if let Err(e) = self.handle(cmd).await {
                 tracing::error!(error = %e, "dispatcher: store failed");
+            }
+            if !may_assign {
+                continue;
             }
             if let Err(e) = self.fill().await {
                 tracing::error!(error = %e, "dispatcher: store failed while assigning");
@@ -234,11 +261,7 @@ impl State {
         }
     }
 
-    fn connect(
-        &mut self,
-        tx: mpsc::Sender<CoordinatorMessage>,
-        mut rx: mpsc::Receiver<WorkerMessage>,
-    ) {
+    fn connect(&mut self, tx: mpsc::Sender<CoordinatorMessage>, rx: mpsc::Receiver<WorkerMessage>) {
         let key = self.next_node;
         self.next_node += 1;
         self.nodes.insert(
@@ -250,15 +273,10 @@ impl State {
                 in_flight: 0,
             },
         );
-        let inbox = self.inbox.clone();
-        tokio::spawn(async move {
-            while let Some(msg) = rx.recv().await {
-                if inbox.send(Command::FromNode(key, msg)).is_err() {
-                    return;
-                }
-            }
-            let _ = inbox.send(Command::NodeGone(key));
-        });
+        let messages = ReceiverStream::new(rx)
+            .map(Some)
+            .chain(stream::once(async { None }));
+        self.from_nodes.insert(key, Box::pin(messages));
     }
 
     async fn node_message(&mut self, key: u64, msg: WorkerMessage) -> Result<(), StoreError> {
@@ -313,36 +331,54 @@ impl State {
             return Ok(());
         };
         let attempt = run.attempt;
-        let run = self.release(id);
+        let Some(run) = self.release(id) else {
+            return Ok(());
+        };
         let verdict = result.verdict;
-        let recorded = self
+        let finished_ms = now_ms();
+        let (outcome, result) = self
             .db
-            .call(move |s| s.finish_job(id, attempt, &result, cancelled, now_ms()))
+            .call(move |s| {
+                let outcome = s.finish_job(id, attempt, &result, cancelled, finished_ms)?;
+                Ok((outcome, result))
+            })
             .await?;
-        if !recorded {
+        let FinishOutcome::Recorded { webhook_queued } = outcome else {
             tracing::warn!(job = %id, attempt, "stale result; not recorded");
             return Ok(());
-        }
+        };
         let state = if cancelled {
             JobState::Cancelled
         } else {
             JobState::Done
         };
-        if let Some(run) = run {
-            tracing::info!(job = %id, tenant = %run.tenant, language = %run.language,
-                state = state.as_str(), verdict = verdict.as_str(), attempt, "job finished");
-            self.metrics
-                .job_duration
-                .with_label_values(&[&run.language])
-                .observe(run.started.elapsed().as_secs_f64());
-            self.metrics
-                .jobs_finished
-                .with_label_values(&[&run.tenant, &run.language, state.as_str(), verdict.as_str()])
-                .inc();
+        tracing::info!(job = %id, tenant = %run.tenant, language = %run.language,
+            state = state.as_str(), verdict = verdict.as_str(), attempt, "job finished");
+        self.count_finished(&run, state, verdict);
+        // Committed: waiters may answer with it.
+        let finished = Finished {
+            state,
+            result,
+            attempts: attempt,
+            started_ms: run.started_ms,
+            finished_ms,
+        };
+        self.hub.publish(id, Update::Finished(Arc::new(finished)));
+        if webhook_queued {
+            self.webhooks.notify_one();
         }
-        self.hub.publish(id, Update::State(state));
-        self.webhooks.notify_one();
         Ok(())
+    }
+
+    fn count_finished(&self, run: &Running, state: JobState, verdict: Verdict) {
+        self.metrics
+            .job_duration
+            .with_label_values(&[&run.language])
+            .observe(run.started.elapsed().as_secs_f64());
+        self.metrics
+            .jobs_finished
+            .with_label_values(&[&run.tenant, &run.language, state.as_str(), verdict.as_str()])
+            .inc();
     }
 
     /// Forgets a running job: frees its node's slot and its tenant's running count.
@@ -357,8 +393,12 @@ impl State {
     }
 
     async fn node_gone(&mut self, key: u64) -> Result<(), StoreError> {
+        if self.nodes.remove(&key).is_none() {
+            return Ok(());
+        }
         tracing::warn!(node = key, "node disconnected; re-queueing its jobs");
-        self.nodes.remove(&key);
+        // When it is dropped for not keeping up, its messages are not read any more either.
+        self.from_nodes.remove(&key);
         self.publish_languages();
         let lost: Vec<JobId> = self
             .running
@@ -377,9 +417,17 @@ impl State {
                     compile: None,
                     runs: Vec::new(),
                 };
-                self.db
+                let outcome = self
+                    .db
                     .call(move |s| s.finish_job(id, attempt, &result, true, now_ms()))
                     .await?;
+                if outcome
+                    == (FinishOutcome::Recorded {
+                        webhook_queued: true,
+                    })
+                {
+                    self.webhooks.notify_one();
+                }
                 self.hub.publish(id, Update::State(JobState::Cancelled));
             } else if self.db.call(move |s| s.requeue_job(id, attempt)).await? {
                 self.queue(&run.tenant).jobs.push_front(id);
@@ -432,7 +480,8 @@ impl State {
         let Some(id) = self.queue(tenant).jobs.pop_front() else {
             return Ok(());
         };
-        let Some(started) = self.db.call(move |s| s.start_job(id, now_ms())).await? else {
+        let started_ms = now_ms();
+        let Some(started) = self.db.call(move |s| s.start_job(id, started_ms)).await? else {
             return Ok(()); // cancelled while queued
         };
         self.served += 1;
@@ -449,6 +498,7 @@ impl State {
                 tenant: tenant.to_string(),
                 language: started.spec.language.clone(),
                 attempt: started.attempt,
+                started_ms,
                 started: Instant::now(),
                 cancel_requested: false,
             },

@@ -7,10 +7,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use corral_protocol::{JobEvent, JobId};
+use corral_protocol::{JobEvent, JobId, JobResult};
 use tokio::sync::broadcast;
 
-use crate::store::JobState;
+use crate::store::{JobRecord, JobState};
 
 /// Updates buffered per job before a slow subscriber lags (and is told so). Each buffered update
 /// is a pointer, so a waiter costs a few KiB even with thousands of them.
@@ -19,10 +19,40 @@ const CAPACITY: usize = 128;
 /// One update of a job.
 #[derive(Debug, Clone)]
 pub enum Update {
-    /// The job's state changed.
+    /// The job's state changed (a final state here: read the job from the store).
     State(JobState),
     /// Progress reported by the worker (shared by all subscribers).
     Event(Arc<JobEvent>),
+    /// The job's result was recorded, with everything about it the store has that a waiter
+    /// does not know already; published only after the store committed it.
+    Finished(Arc<Finished>),
+}
+
+/// A recorded final state: the columns `finish_job` wrote, and the attempt's number and start.
+#[derive(Debug)]
+pub struct Finished {
+    /// `done` or `cancelled`.
+    pub state: JobState,
+    /// The recorded result.
+    pub result: JobResult,
+    /// The attempt whose result it is (the job's `attempts`).
+    pub attempts: u32,
+    /// When that attempt started, ms since the epoch.
+    pub started_ms: i64,
+    /// When the result was recorded, ms since the epoch.
+    pub finished_ms: i64,
+}
+
+impl Finished {
+    /// `record` (the job as stored before it ran) as it is stored now.
+    pub fn apply(&self, mut record: JobRecord) -> JobRecord {
+        record.state = self.state;
+        record.result = Some(self.result.clone());
+        record.attempts = self.attempts;
+        record.started_ms = Some(self.started_ms);
+        record.finished_ms = Some(self.finished_ms);
+        record
+    }
 }
 
 /// Subscriptions by job.
@@ -55,7 +85,11 @@ impl Hub {
     /// Sends an update to the job's listeners, if any; a final state also ends their streams.
     pub fn publish(&self, job: JobId, update: Update) {
         let mut channels = self.lock();
-        let last = matches!(update, Update::State(s) if s.is_final());
+        let last = match &update {
+            Update::State(s) => s.is_final(),
+            Update::Finished(_) => true,
+            Update::Event(_) => false,
+        };
         if let Some(tx) = channels.get(&job) {
             let _ = tx.send(update);
         }

@@ -22,6 +22,12 @@ async fn python_job_waits_for_its_result() {
     assert_eq!(doc["runs"][0]["stdout"], "hi\n");
     assert_eq!(doc["runs"][0]["stdout_encoding"], "utf8");
     assert_eq!(doc["attempts"], 1);
+    // The answer is the job as stored, not a copy that could differ from it.
+    let id = doc["id"].as_str().unwrap();
+    let (status, stored) = h.get(&h.alice, &format!("/v1/jobs/{id}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(doc, stored);
+    assert!(doc["started_at"].is_string() && doc["finished_at"].is_string());
     let spec = &h.log.lock().unwrap().assigned[0];
     assert_eq!(spec.files[0].name, "main.py");
     assert_eq!(

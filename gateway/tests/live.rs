@@ -226,8 +226,14 @@ async fn a_restart_loses_nothing_and_reruns_interrupted_jobs_once() {
         compile: None,
         runs: vec![],
     };
-    assert!(!store.finish_job(ids[0], 1, &late, false, 0).unwrap());
-    assert!(!store.finish_job(ids[0], 2, &late, false, 0).unwrap());
+    assert!(!store
+        .finish_job(ids[0], 1, &late, false, 0)
+        .unwrap()
+        .recorded());
+    assert!(!store
+        .finish_job(ids[0], 2, &late, false, 0)
+        .unwrap()
+        .recorded());
     let record = store.get_job("alice", ids[0]).unwrap().unwrap();
     assert_eq!(record.result.unwrap().verdict, Verdict::Accepted);
 }

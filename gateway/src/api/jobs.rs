@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use corral_protocol::JobId;
 use serde::Deserialize;
+use tokio::sync::broadcast::error::RecvError;
 
 use super::auth::Caller;
 use super::document::{JobDocument, JobSummary};
@@ -15,8 +16,8 @@ use super::request::{validate, JobRequest};
 use super::AppState;
 use crate::dispatch::Command;
 use crate::error::{ApiError, ApiJson, ApiQuery};
-use crate::hub::Update;
-use crate::store::{now_ms, CancelOutcome, InsertOutcome, JobRecord, JobState, NewJob};
+use crate::hub::{Subscription, Update};
+use crate::store::{now_ms, CancelOutcome, InsertOutcome, JobRecord, JobState, NewJob, Tenant};
 
 /// Query of `POST /v1/jobs`.
 #[derive(Debug, Deserialize)]
@@ -39,8 +40,6 @@ pub async fn create(
     let wait = wait_time(&query, &state)?;
     let languages = state.dispatcher.languages();
     let valid = validate(req, &tenant, &languages, &state.config)?;
-    let id = valid.spec.id;
-    let language = valid.spec.language.clone();
     let job = NewJob {
         spec: valid.spec,
         version: valid.version,
@@ -48,43 +47,60 @@ pub async fn create(
         idempotency_key: valid.idempotency_key,
         created_ms: now_ms(),
     };
-    let outcome = state.db.call(move |s| s.insert_job(&job)).await?;
-    let id = match outcome {
-        InsertOutcome::Existing(existing) => existing.spec.id,
-        InsertOutcome::Inserted => {
-            state
-                .metrics
-                .jobs_submitted
-                .with_label_values(&[&tenant.name, &language])
-                .inc();
-            let queued = state.dispatcher.send(Command::Queued {
-                id,
-                tenant: tenant.name.clone(),
-                max_concurrent: tenant.quota.max_concurrent,
-            });
-            if !queued {
-                // Stored and durable: it runs after a restart.
-                tracing::error!(job = %id, "dispatcher stopped; job stays queued");
-            }
-            id
-        }
-    };
-    let record = match wait {
-        Some(timeout) => wait_for(&state, &tenant.name, id, timeout).await?,
-        None => load(&state, &tenant.name, id).await?,
+    let (outcome, job) = state
+        .db
+        .call(move |s| Ok((s.insert_job(&job)?, job)))
+        .await?;
+    let record = match outcome {
+        InsertOutcome::Existing(existing) => match wait {
+            Some(timeout) => wait_for(&state, &tenant.name, existing.spec.id, timeout).await?,
+            None => *existing,
+        },
+        InsertOutcome::Inserted => queue(&state, &tenant, job, wait).await?,
     };
     let status = if record.state.is_final() {
         StatusCode::OK
     } else {
         StatusCode::ACCEPTED
     };
-    let location = format!("/v1/jobs/{id}");
+    let location = format!("/v1/jobs/{}", record.spec.id);
     Ok((
         status,
         [(header::LOCATION, location)],
         Json(JobDocument::from(&record)),
     )
         .into_response())
+}
+
+/// Hands a job just inserted to the dispatcher; the job as stored, once final when `wait`.
+async fn queue(
+    state: &AppState,
+    tenant: &Tenant,
+    job: NewJob,
+    wait: Option<Duration>,
+) -> Result<JobRecord, ApiError> {
+    let id = job.spec.id;
+    state
+        .metrics
+        .jobs_submitted
+        .with_label_values(&[&tenant.name, &job.spec.language])
+        .inc();
+    // Listening before the dispatcher hears of the job: no update can be missed.
+    let sub = wait.map(|timeout| (state.hub.subscribe(id), timeout));
+    let queued = state.dispatcher.send(Command::Queued {
+        id,
+        tenant: tenant.name.clone(),
+        max_concurrent: tenant.quota.max_concurrent,
+    });
+    if !queued {
+        // Stored and durable: it runs after a restart.
+        tracing::error!(job = %id, "dispatcher stopped; job stays queued");
+    }
+    let record = queued_record(job);
+    match sub {
+        Some((sub, timeout)) => follow(state, &tenant.name, sub, record, timeout).await,
+        None => Ok(record),
+    }
 }
 
 fn wait_time(query: &SubmitQuery, state: &AppState) -> Result<Option<Duration>, ApiError> {
@@ -108,6 +124,21 @@ fn wait_time(query: &SubmitQuery, state: &AppState) -> Result<Option<Duration>, 
     Ok(Some(Duration::from_secs_f64(secs)))
 }
 
+/// A job just inserted, as the store holds it.
+fn queued_record(job: NewJob) -> JobRecord {
+    JobRecord {
+        spec: job.spec,
+        version: job.version,
+        state: JobState::Queued,
+        result: None,
+        callback_url: job.callback_url,
+        attempts: 0,
+        created_ms: job.created_ms,
+        started_ms: None,
+        finished_ms: None,
+    }
+}
+
 /// Waits until the job reaches a final state or `timeout` passes; the job as it is then.
 async fn wait_for(
     state: &AppState,
@@ -115,23 +146,39 @@ async fn wait_for(
     id: JobId,
     timeout: Duration,
 ) -> Result<JobRecord, ApiError> {
-    let mut sub = state.hub.subscribe(id);
+    let sub = state.hub.subscribe(id);
     let record = load(state, tenant, id).await?;
     if record.state.is_final() {
         return Ok(record);
     }
+    follow(state, tenant, sub, record, timeout).await
+}
+
+/// Follows `sub` until the job's final state or `timeout`. `record` is the job as stored when
+/// `sub` began: with the recorded result the dispatcher publishes, it is the stored job; any
+/// other way out (a cancel, a lost node, the timeout) reads the job back.
+async fn follow(
+    state: &AppState,
+    tenant: &str,
+    mut sub: Subscription,
+    record: JobRecord,
+    timeout: Duration,
+) -> Result<JobRecord, ApiError> {
     let finished = async {
         loop {
             match sub.rx.recv().await {
-                Ok(Update::State(s)) if s.is_final() => return,
-                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                Ok(Update::Finished(finished)) => return Some(finished),
+                Ok(Update::State(s)) if s.is_final() => return None,
+                Ok(_) | Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => return None,
             }
         }
     };
-    let _ = tokio::time::timeout(timeout, finished).await;
+    if let Ok(Some(finished)) = tokio::time::timeout(timeout, finished).await {
+        return Ok(finished.apply(record));
+    }
     drop(sub);
-    load(state, tenant, id).await
+    load(state, tenant, record.spec.id).await
 }
 
 async fn load(state: &AppState, tenant: &str, id: JobId) -> Result<JobRecord, ApiError> {

@@ -77,7 +77,7 @@ async fn next_events(follow: Option<Follow>) -> Option<(Vec<Event>, Option<Follo
                 .data(json!({ "missed": n }).to_string())],
             Some(f),
         )),
-        Ok(Update::State(_)) | Err(RecvError::Closed) => {
+        Ok(Update::State(_) | Update::Finished(_)) | Err(RecvError::Closed) => {
             let record = load(&f.state, f.tenant.clone(), f.id)
                 .await
                 .ok()

@@ -15,8 +15,8 @@ use std::sync::Arc;
 
 pub use sqlite::SqliteStore;
 pub use types::{
-    CancelOutcome, InsertOutcome, JobRecord, JobState, NewJob, NewTenant, StartedJob, Tenant,
-    TenantQuota, Webhook,
+    CancelOutcome, FinishOutcome, InsertOutcome, JobRecord, JobState, NewJob, NewTenant,
+    StartedJob, Tenant, TenantQuota, Webhook,
 };
 
 use corral_protocol::{JobId, JobResult};
@@ -92,7 +92,8 @@ pub trait Store: Send + Sync + 'static {
     /// Moves a running job back to `queued` if `attempt` is still its current attempt.
     fn requeue_job(&self, id: JobId, attempt: u32) -> Result<bool, StoreError>;
     /// Records the result of attempt `attempt`, exactly once, and queues its webhook in the same
-    /// transaction; false when the job is not running that attempt (nothing changed).
+    /// transaction; [`FinishOutcome::Stale`] when the job is not running that attempt (nothing
+    /// changed).
     fn finish_job(
         &self,
         id: JobId,
@@ -100,7 +101,7 @@ pub trait Store: Send + Sync + 'static {
         result: &JobResult,
         cancelled: bool,
         now_ms: i64,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<FinishOutcome, StoreError>;
     /// Cancels a job of `tenant` that has not started.
     fn cancel_job(&self, tenant: &str, id: JobId, now_ms: i64)
         -> Result<CancelOutcome, StoreError>;

@@ -8,12 +8,16 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
 use corral_protocol::{JobId, JobResult};
-use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{
-    CancelOutcome, InsertOutcome, JobRecord, JobState, NewJob, NewTenant, StartedJob, Store,
-    StoreError, Tenant, TenantQuota, Webhook,
+    CancelOutcome, FinishOutcome, InsertOutcome, JobRecord, JobState, NewJob, NewTenant,
+    StartedJob, Store, StoreError, Tenant, TenantQuota, Webhook,
 };
+
+mod tx;
+
+use tx::Immediate;
 
 /// Schema versions, applied in order; `PRAGMA user_version` records how many ran.
 pub(super) const MIGRATIONS: &[&str] = &[r#"
@@ -268,8 +272,8 @@ impl Store for SqliteStore {
 
     fn insert_job(&self, job: &NewJob) -> Result<InsertOutcome, StoreError> {
         let spec = encode("job spec", &job.spec)?;
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let conn = self.conn();
+        let tx = Immediate::begin(&conn)?;
         if let Some(key) = &job.idempotency_key {
             let sql = format!(
                 "SELECT {JOB_COLUMNS} FROM jobs WHERE tenant = ?1 AND idempotency_key = ?2"
@@ -370,8 +374,13 @@ impl Store for SqliteStore {
     }
 
     fn requeue_job(&self, id: JobId, attempt: u32) -> Result<bool, StoreError> {
-        let n = self.conn().prepare_cached("UPDATE jobs SET state = 'queued' WHERE id = ?1 AND state = 'running' AND attempts = ?2")?.execute(params![id.to_string(), attempt],
-        )?;
+        let n = self
+            .conn()
+            .prepare_cached(
+                "UPDATE jobs SET state = 'queued' WHERE id = ?1 AND state = 'running' \
+                 AND attempts = ?2",
+            )?
+            .execute(params![id.to_string(), attempt])?;
         Ok(n == 1)
     }
 
@@ -382,11 +391,11 @@ impl Store for SqliteStore {
         result: &JobResult,
         cancelled: bool,
         now_ms: i64,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<FinishOutcome, StoreError> {
         let result = encode("job result", result)?;
         let state = if cancelled { "cancelled" } else { "done" };
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let conn = self.conn();
+        let tx = Immediate::begin(&conn)?;
         let row = tx
             .prepare_cached(
                 "UPDATE jobs SET state = ?3, result = ?4, finished_ms = ?5
@@ -399,8 +408,9 @@ impl Store for SqliteStore {
             )
             .optional()?;
         let Some((tenant, callback)) = row else {
-            return Ok(false);
+            return Ok(FinishOutcome::Stale);
         };
+        let webhook_queued = callback.is_some();
         if let Some(url) = callback {
             tx.prepare_cached(
                 "INSERT INTO webhooks (job, tenant, url, next_ms) VALUES (?1, ?2, ?3, ?4)",
@@ -408,7 +418,7 @@ impl Store for SqliteStore {
             .execute(params![id.to_string(), tenant, url, now_ms])?;
         }
         tx.commit()?;
-        Ok(true)
+        Ok(FinishOutcome::Recorded { webhook_queued })
     }
 
     fn cancel_job(
@@ -417,8 +427,8 @@ impl Store for SqliteStore {
         id: JobId,
         now_ms: i64,
     ) -> Result<CancelOutcome, StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let conn = self.conn();
+        let tx = Immediate::begin(&conn)?;
         let state: Option<String> = tx
             .prepare_cached("SELECT state FROM jobs WHERE id = ?1 AND tenant = ?2")?
             .query_row(params![id.to_string(), tenant], |r| r.get(0))

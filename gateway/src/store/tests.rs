@@ -115,15 +115,28 @@ fn a_result_is_recorded_exactly_once_per_attempt() {
     let second = store.start_job(id, 6).unwrap().unwrap();
     assert_eq!(second.attempt, 2);
     assert!(!store.requeue_job(id, 1).unwrap(), "stale requeue");
-    assert!(!store
-        .finish_job(id, 1, &result(Verdict::WrongAnswer), false, 7)
-        .unwrap());
-    assert!(store
-        .finish_job(id, 2, &result(Verdict::Accepted), false, 7)
-        .unwrap());
-    assert!(!store
-        .finish_job(id, 2, &result(Verdict::RuntimeError), false, 8)
-        .unwrap());
+    assert_eq!(
+        store
+            .finish_job(id, 1, &result(Verdict::WrongAnswer), false, 7)
+            .unwrap(),
+        FinishOutcome::Stale
+    );
+    assert_eq!(
+        store
+            .finish_job(id, 2, &result(Verdict::Accepted), false, 7)
+            .unwrap(),
+        FinishOutcome::Recorded {
+            webhook_queued: false
+        },
+        "no callback URL: no webhook"
+    );
+    assert_eq!(
+        store
+            .finish_job(id, 2, &result(Verdict::RuntimeError), false, 8)
+            .unwrap(),
+        FinishOutcome::Stale
+    );
+    assert!(store.due_webhooks(i64::MAX, 10).unwrap().is_empty());
     let record = store.get_job("a", id).unwrap().unwrap();
     assert_eq!(record.state, JobState::Done);
     assert_eq!(record.result.unwrap().verdict, Verdict::Accepted);
@@ -222,9 +235,14 @@ fn the_webhook_is_queued_with_the_result_and_retried() {
     store.insert_job(&job).unwrap();
     assert!(store.due_webhooks(i64::MAX, 10).unwrap().is_empty());
     store.start_job(id, 1).unwrap();
-    store
-        .finish_job(id, 1, &result(Verdict::Accepted), false, 100)
-        .unwrap();
+    assert_eq!(
+        store
+            .finish_job(id, 1, &result(Verdict::Accepted), false, 100)
+            .unwrap(),
+        FinishOutcome::Recorded {
+            webhook_queued: true
+        }
+    );
     let due = store.due_webhooks(100, 10).unwrap();
     assert_eq!(due.len(), 1);
     assert_eq!((due[0].job, due[0].attempts), (id, 0));

@@ -145,6 +145,26 @@ pub struct StartedJob {
     pub attempt: u32,
 }
 
+/// What [`crate::store::Store::finish_job`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishOutcome {
+    /// The job is not running that attempt: nothing changed.
+    Stale,
+    /// The result is recorded.
+    Recorded {
+        /// The job has a callback URL: its webhook was queued in the outbox in the same
+        /// transaction (the deliverer needs waking only then).
+        webhook_queued: bool,
+    },
+}
+
+impl FinishOutcome {
+    /// Whether the result was recorded.
+    pub fn recorded(self) -> bool {
+        matches!(self, FinishOutcome::Recorded { .. })
+    }
+}
+
 /// What [`crate::store::Store::cancel_job`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CancelOutcome {
