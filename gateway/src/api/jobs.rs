@@ -8,7 +8,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use corral_protocol::JobId;
 use serde::Deserialize;
-use tokio::sync::broadcast::error::RecvError;
 
 use super::auth::Caller;
 use super::document::{JobDocument, JobSummary};
@@ -16,7 +15,7 @@ use super::request::{validate, JobRequest};
 use super::AppState;
 use crate::dispatch::Command;
 use crate::error::{ApiError, ApiJson, ApiQuery};
-use crate::hub::{Subscription, Update};
+use crate::hub::{FinalWait, Update};
 use crate::store::{now_ms, CancelOutcome, InsertOutcome, JobRecord, JobState, NewJob, Tenant};
 
 /// Query of `POST /v1/jobs`.
@@ -86,7 +85,7 @@ async fn queue(
         .with_label_values(&[&tenant.name, &job.spec.language])
         .inc();
     // Listening before the dispatcher hears of the job: no update can be missed.
-    let sub = wait.map(|timeout| (state.hub.subscribe(id), timeout));
+    let sub = wait.map(|timeout| (state.hub.wait_final(id), timeout));
     let queued = state.dispatcher.send(Command::Queued {
         id,
         tenant: tenant.name.clone(),
@@ -146,7 +145,7 @@ async fn wait_for(
     id: JobId,
     timeout: Duration,
 ) -> Result<JobRecord, ApiError> {
-    let sub = state.hub.subscribe(id);
+    let sub = state.hub.wait_final(id);
     let record = load(state, tenant, id).await?;
     if record.state.is_final() {
         return Ok(record);
@@ -154,27 +153,17 @@ async fn wait_for(
     follow(state, tenant, sub, record, timeout).await
 }
 
-/// Follows `sub` until the job's final state or `timeout`. `record` is the job as stored when
+/// Waits on `sub` for the job's final update or `timeout`. `record` is the job as stored when
 /// `sub` began: with the recorded result the dispatcher publishes, it is the stored job; any
 /// other way out (a cancel, a lost node, the timeout) reads the job back.
 async fn follow(
     state: &AppState,
     tenant: &str,
-    mut sub: Subscription,
+    mut sub: FinalWait,
     record: JobRecord,
     timeout: Duration,
 ) -> Result<JobRecord, ApiError> {
-    let finished = async {
-        loop {
-            match sub.rx.recv().await {
-                Ok(Update::Finished(finished)) => return Some(finished),
-                Ok(Update::State(s)) if s.is_final() => return None,
-                Ok(_) | Err(RecvError::Lagged(_)) => {}
-                Err(RecvError::Closed) => return None,
-            }
-        }
-    };
-    if let Ok(Some(finished)) = tokio::time::timeout(timeout, finished).await {
+    if let Ok(Some(Update::Finished(finished))) = tokio::time::timeout(timeout, sub.recv()).await {
         return Ok(finished.apply(record));
     }
     drop(sub);
