@@ -336,13 +336,14 @@ impl State {
         };
         let verdict = result.verdict;
         let finished_ms = now_ms();
-        let (outcome, result) = self
+        let result = Arc::new(result);
+        let record = Arc::clone(&result);
+        let outcome = self
             .db
-            .call(move |s| {
-                let outcome = s.finish_job(id, attempt, &result, cancelled, finished_ms)?;
-                Ok((outcome, result))
-            })
+            .call(move |s| s.finish_job(id, attempt, &record, cancelled, finished_ms))
             .await?;
+        // The call's closure is gone: this is the only reference left.
+        let result = Arc::try_unwrap(result).unwrap_or_else(|r| (*r).clone());
         let FinishOutcome::Recorded { webhook_queued } = outcome else {
             tracing::warn!(job = %id, attempt, "stale result; not recorded");
             return Ok(());

@@ -1,5 +1,6 @@
 //! `/v1/jobs`: submit, read, list and cancel jobs.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, State};
@@ -46,10 +47,11 @@ pub async fn create(
         idempotency_key: valid.idempotency_key,
         created_ms: now_ms(),
     };
-    let (outcome, job) = state
-        .db
-        .call(move |s| Ok((s.insert_job(&job)?, job)))
-        .await?;
+    let job = Arc::new(job);
+    let insert = Arc::clone(&job);
+    let outcome = state.db.call(move |s| s.insert_job(&insert)).await?;
+    // The call's closure is gone: this is the only reference left.
+    let job = Arc::try_unwrap(job).unwrap_or_else(|job| (*job).clone());
     let record = match outcome {
         InsertOutcome::Existing(existing) => match wait {
             Some(timeout) => wait_for(&state, &tenant.name, existing.spec.id, timeout).await?,

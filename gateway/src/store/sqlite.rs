@@ -4,8 +4,9 @@
 //! (`kill -9`); only a power loss may lose the last transactions. Other processes (`corral tenant
 //! create` while `corral serve` runs) share the file; `busy_timeout` makes them wait their turn.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
 
 use corral_protocol::{JobId, JobResult};
 use rusqlite::{params, Connection, OptionalExtension, Row};
@@ -18,6 +19,9 @@ use super::{
 mod tx;
 
 use tx::Immediate;
+
+/// How long a connection waits for another one's lock, until [`Store::never_wait`].
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Schema versions, applied in order; `PRAGMA user_version` records how many ran.
 pub(super) const MIGRATIONS: &[&str] = &[r#"
@@ -66,6 +70,11 @@ CREATE INDEX webhooks_due ON webhooks(state, next_ms);
 pub struct SqliteStore {
     /// One connection; SQLite serializes writers anyway, and calls are short.
     conn: Mutex<Connection>,
+    /// The database file, for the checkpoint connection.
+    path: PathBuf,
+    /// A second connection for [`Store::checkpoint`] (opened by the first one), so that a
+    /// checkpoint syncing the disk never holds `conn`.
+    checkpointer: Mutex<Option<Connection>>,
 }
 
 impl SqliteStore {
@@ -75,8 +84,9 @@ impl SqliteStore {
             path: data_dir.to_path_buf(),
             source,
         })?;
-        let conn = Connection::open(data_dir.join("corral.db"))?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        let path = data_dir.join("corral.db");
+        let conn = Connection::open(&path)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -85,7 +95,24 @@ impl SqliteStore {
         migrate(&conn)?;
         Ok(SqliteStore {
             conn: Mutex::new(conn),
+            path,
+            checkpointer: Mutex::new(None),
         })
+    }
+
+    /// `PRAGMA wal_checkpoint(PASSIVE)` on the checkpoint connection: copies what it can of the
+    /// WAL into the database (syncing both), without waiting for or blocking writers.
+    fn checkpoint_wal(&self) -> Result<(), StoreError> {
+        let mut checkpointer = self.checkpointer.lock().unwrap_or_else(|p| p.into_inner());
+        let conn = match checkpointer.take() {
+            Some(conn) => conn,
+            None => Connection::open(&self.path)?,
+        };
+        // (busy, WAL frames, frames checkpointed): a busy checkpoint (another process's) is
+        // simply tried again next time.
+        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(0))?;
+        *checkpointer = Some(conn);
+        Ok(())
     }
 
     pub(super) fn conn(&self) -> MutexGuard<'_, Connection> {
@@ -502,6 +529,21 @@ impl Store for SqliteStore {
             .prepare_cached("UPDATE webhooks SET state = ?2 WHERE job = ?1")?
             .execute(params![job.to_string(), state])?;
         Ok(())
+    }
+
+    fn never_wait(&self) {
+        let conn = self.conn();
+        // Checkpoints sync the disk: only `checkpoint` runs them from now on.
+        let set = conn.busy_timeout(Duration::ZERO).and_then(|()| {
+            conn.query_row("PRAGMA wal_autocheckpoint = 0", [], |r| r.get::<_, i64>(0))
+        });
+        if let Err(e) = set {
+            tracing::error!(error = %e, "store: switching to never wait failed");
+        }
+    }
+
+    fn checkpoint(&self) -> Result<(), StoreError> {
+        self.checkpoint_wal()
     }
 
     fn webhook_retry(&self, job: JobId, attempts: u32, next_ms: i64) -> Result<(), StoreError> {

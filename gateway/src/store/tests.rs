@@ -3,6 +3,8 @@
 
 use corral_protocol::{Bytes, Compare, JobId, JobResult, JobSpec, Limits, SourceFile, Verdict};
 
+use std::sync::Arc;
+
 use super::*;
 
 fn limits() -> Limits {
@@ -252,4 +254,49 @@ fn the_webhook_is_queued_with_the_result_and_retried() {
     store.webhook_finished(id, false).unwrap();
     assert!(store.due_webhooks(i64::MAX, 10).unwrap().is_empty());
     assert_eq!(store.next_webhook_due().unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_db_call_waits_out_another_process_lock_off_the_async_threads() {
+    let (dir, store) = store();
+    let store: Arc<dyn Store> = Arc::new(store);
+    let db = Db::new(Arc::clone(&store));
+    // Another process writing: a second connection holding the write lock.
+    let other = rusqlite::Connection::open(dir.path().join("corral.db")).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let job = new_job("a", None, None);
+    let id = job.spec.id;
+    let direct = store.insert_job(&job);
+    assert!(
+        direct.as_ref().is_err_and(StoreError::is_busy),
+        "a store used from async threads fails at once when locked: {direct:?}"
+    );
+    let call = tokio::spawn({
+        let db = db.clone();
+        async move { db.call(move |s| s.insert_job(&job)).await }
+    });
+    tokio::task::yield_now().await;
+    other.execute_batch("COMMIT").unwrap();
+    assert!(matches!(call.await.unwrap(), Ok(InsertOutcome::Inserted)));
+    assert_eq!(
+        store.get_job("a", id).unwrap().unwrap().state,
+        JobState::Queued
+    );
+}
+
+#[test]
+fn checkpoints_copy_the_wal_into_the_database() {
+    let (dir, store) = store();
+    store.never_wait();
+    for _ in 0..20 {
+        store.insert_job(&new_job("a", None, None)).unwrap();
+    }
+    let wal = dir.path().join("corral.db-wal");
+    assert!(std::fs::metadata(&wal).unwrap().len() > 0);
+    store.checkpoint().unwrap();
+    // Everything is in the database file now: a fresh connection reads it without the WAL.
+    let copy = tempfile::tempdir().unwrap();
+    std::fs::copy(dir.path().join("corral.db"), copy.path().join("corral.db")).unwrap();
+    let copied = SqliteStore::open(copy.path()).unwrap();
+    assert_eq!(copied.list_jobs("a", None, 100).unwrap().len(), 20);
 }
