@@ -168,7 +168,7 @@ pub struct Db {
 
 impl Db {
     /// Wraps a store (switching it to [`Store::never_wait`]) and starts its checkpoints (a task
-    /// that ends when the store is dropped).
+    /// that ends when the store is dropped). Call it inside a Tokio runtime.
     pub fn new(store: Arc<dyn Store>) -> Self {
         store.never_wait();
         let weak = Arc::downgrade(&store);
