@@ -170,16 +170,16 @@ impl Sandbox {
                 "an in-process sandbox has exactly one slot".into(),
             ));
         }
-        let version = cgroup::detect()?;
+        let hierarchies = cgroup::Hierarchies::probe()?;
         let slots_dir = config.state_dir.join("slots");
         let leases = lease::lease_slots(&slots_dir, config.slots)?;
-        sweep_leftovers(version, &config.cgroup_parent, &slots_dir)?;
+        sweep_leftovers(&hierarchies, &config.cgroup_parent, &slots_dir)?;
         let uids = config.uid_base..config.uid_base + MAX_SLOTS as u32;
         let host = host::prepare(&config.state_dir.join("images/host"), uids)?;
         let mut slots = Vec::with_capacity(config.slots);
         for lease in leases {
             let name = format!("slot-{}", lease.index);
-            let cg = cgroup::open_slot(version, &config.cgroup_parent, &name)?;
+            let cg = hierarchies.open_slot(&config.cgroup_parent, &name)?;
             if !cg.pids()?.is_empty() {
                 // Only a crashed holder of this lease can have left them: kill them.
                 tracing::warn!(
@@ -332,11 +332,11 @@ pub struct SlotInfo {
 /// process just leased are locked already, hence skipped (`Sandbox::new` cleans those itself).
 /// Names other than `slot-<index>` are left alone.
 fn sweep_leftovers(
-    version: cgroup::Version,
+    hierarchies: &cgroup::Hierarchies,
     parent: &str,
     slots_dir: &std::path::Path,
 ) -> Result<(), Error> {
-    let swept = cgroup::sweep(version, parent, |name| {
+    let swept = hierarchies.sweep(parent, |name| {
         let index: usize = name.strip_prefix("slot-")?.parse().ok()?;
         if index >= MAX_SLOTS || name != format!("slot-{index}") {
             return None;
