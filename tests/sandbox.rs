@@ -467,6 +467,32 @@ fn network_grants_loopback_only() {
     );
 }
 
+/// The one-shot command's PID 1 moves itself into the slot's cgroups and only then gets its cgroup
+/// namespace: the job sees its own cgroup as `/` in every hierarchy, and its CPU is charged there.
+#[test]
+fn cli_job_runs_in_its_slot_cgroup_namespace() {
+    let run = common::cli::run(
+        &[
+            "sh",
+            "-c",
+            "cat /proc/self/cgroup; i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done",
+        ],
+        &[],
+    );
+    assert!(run.leftovers.is_empty(), "{:?}", run.leftovers);
+    let json = run.json().unwrap();
+    assert_eq!(json["status"], "ok", "{json}");
+    let cgroups = json["stdout"].as_str().unwrap();
+    assert!(!cgroups.is_empty(), "{json}");
+    for line in cgroups.lines() {
+        assert!(
+            line.ends_with(":/"),
+            "cgroup outside the job's namespace root: {line}"
+        );
+    }
+    assert!(json["cpu_time_ms"].as_u64().unwrap() >= 20, "{json}");
+}
+
 #[test]
 fn cli_prints_one_json_object_with_every_field() {
     let run = common::cli::run(&["sh", "-c", "echo out; echo err >&2; exit 3"], &[]);
