@@ -103,15 +103,22 @@ impl SandboxConfig {
     /// Defaults for this host: one slot per CPU, state in /run/corral, cgroup `corral`, uids from
     /// 1,000,000, Landlock required, and the current executable as the spawner helper.
     pub fn host_defaults() -> Result<SandboxConfig, Error> {
+        let slots = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        SandboxConfig::with_slots(slots)
+    }
+
+    /// [`SandboxConfig::host_defaults`] with `slots` slots (without working out how many CPUs this
+    /// process may use, which reads the cgroup files of the CPU quota).
+    pub fn with_slots(slots: usize) -> Result<SandboxConfig, Error> {
         let exe = std::env::current_exe().map_err(|source| Error::StateDir {
             path: "/proc/self/exe".into(),
             source,
         })?;
         let helper = Helper::Exec(exe);
         Ok(SandboxConfig {
-            slots: std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1),
+            slots,
             state_dir: "/run/corral".into(),
             cgroup_parent: "corral".into(),
             uid_base: 1_000_000,
