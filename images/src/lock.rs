@@ -252,7 +252,10 @@ mod tests {
         let absent = Digest::of_bytes(b"absent");
         std::fs::write(
             tmp.path().join("images.lock"),
-            format!("[images.img]\ndigest = \"{}\"\n[images.gone]\ndigest = \"{absent}\"\n", base.digest),
+            format!(
+                "[images.img]\ndigest = \"{}\"\n[images.gone]\ndigest = \"{absent}\"\n",
+                base.digest
+            ),
         )
         .unwrap();
         let lock = Lock::load(tmp.path()).unwrap();
@@ -264,7 +267,10 @@ mod tests {
         );
         assert_eq!(
             Lock::default().image_chain(&store, "img").unwrap(),
-            Some((top.digest.clone(), vec![base.digest.clone(), top.digest.clone()]))
+            Some((
+                top.digest.clone(),
+                vec![base.digest.clone(), top.digest.clone()]
+            ))
         );
         // A pin the store lacks: the digest without its chain (the node must fetch or fail).
         assert_eq!(

@@ -249,7 +249,10 @@ mod tests {
         assert_eq!(job.language, "python");
         // The chain may be unknown; unknown fields inside the image are refused.
         let bare = r#"{"name":"python","digest":"sha256:00"}"#;
-        assert!(serde_json::from_str::<ImageRef>(bare).unwrap().layers.is_empty());
+        assert!(serde_json::from_str::<ImageRef>(bare)
+            .unwrap()
+            .layers
+            .is_empty());
         let extra = r#"{"name":"python","digest":"sha256:00","layers":[],"x":1}"#;
         assert!(serde_json::from_str::<ImageRef>(extra).is_err());
     }
