@@ -379,10 +379,10 @@ impl Http {
             )
             .body(Empty::new())
             .map_err(|e| format!("bad request: {e}"))?;
-        let sent = self.runtime.block_on(tokio::time::timeout(
-            self.remote.idle_timeout,
-            self.client.request(request),
-        ));
+        // Timers and connections need the runtime's context: made inside `block_on`.
+        let sent = self.runtime.block_on(async {
+            tokio::time::timeout(self.remote.idle_timeout, self.client.request(request)).await
+        });
         let response = match sent {
             Err(_) => return Err("no response in time".into()),
             Ok(Err(e)) => return Err(error_chain(&e)),
@@ -476,10 +476,10 @@ impl<'h> BodyReader<'h> {
 impl Read for BodyReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.chunk.is_empty() {
-            let next = self.http.runtime.block_on(tokio::time::timeout(
-                self.http.remote.idle_timeout,
-                self.body.frame(),
-            ));
+            let (http, body) = (self.http, &mut self.body);
+            let next = http.runtime.block_on(async {
+                tokio::time::timeout(http.remote.idle_timeout, body.frame()).await
+            });
             match next {
                 Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "stalled")),
                 Ok(None) => return Ok(0),
