@@ -63,6 +63,7 @@ async fn a_node_with_an_empty_store_fetches_layers_from_the_gateway_and_runs_job
         assert_eq!(node.layers.fetched(), 2, "nothing fetched twice");
 
         assigned_images_are_fetched_once(&gateway, &node).await?;
+        pins_decide_the_image(&gateway, &first.digest).await?;
         pinned_but_absent_fails_the_job(&gateway, &node).await
     }
     .await;
@@ -125,6 +126,27 @@ async fn assigned_images_are_fetched_once(
         lacking as u64,
         "each missing layer fetched exactly once"
     );
+    Ok(())
+}
+
+/// The gateway's lock pins `probe` to the first image while the name points at the second: jobs
+/// run on exactly the pinned digest.
+async fn pins_decide_the_image(gateway: &support::Gw, first: &Digest) -> anyhow::Result<()> {
+    let lock = Lock::parse(&format!("[images.probe]\ndigest = \"{first}\"\n"))?;
+    gateway
+        .layers
+        .set(LayerServer::new(gateway.images.clone(), lock));
+    let job = json!({"language": "probe", "source": "pinned\n"});
+    let (status, doc) = call(
+        &gateway.url,
+        "POST",
+        "/v1/jobs?wait=true",
+        Some(&gateway.key),
+        Some(&job),
+    )
+    .await?;
+    ensure!(status == 200, "{status}: {doc}");
+    assert_eq!(doc["runs"][0]["stdout"], "v1\npinned\n", "{doc}");
     Ok(())
 }
 

@@ -88,3 +88,67 @@ impl LayerServer {
         self.chains.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::layer::LayerFormat;
+    use crate::store::Manifest;
+
+    #[test]
+    fn images_follow_pins_and_chains_are_served_lowest_first() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open_with_format(tmp.path(), LayerFormat::Dir).unwrap();
+        let mut meta = Manifest {
+            name: String::new(),
+            digest: Digest::of_bytes(b""),
+            parent: None,
+            format: LayerFormat::Dir,
+            size: 0,
+            packages: BTreeMap::new(),
+            created: 0,
+            env: BTreeMap::new(),
+            workdir: None,
+            recipe_hash: None,
+            source: "test".into(),
+        };
+        let mut chain = Vec::new();
+        for (name, content) in [("base", "1"), ("img", "2")] {
+            let stage = store.staging().unwrap();
+            std::fs::write(stage.path().join(name), content).unwrap();
+            let m = store.register(name, stage.path(), meta.clone()).unwrap();
+            meta.parent = Some(m.digest.clone());
+            chain.push(m.digest);
+        }
+        let server = LayerServer::new(store.clone(), Lock::default());
+        let top = chain[1].clone();
+        assert_eq!(
+            server.image("img").unwrap(),
+            Some((top.clone(), chain.clone()))
+        );
+        assert_eq!(server.image("none").unwrap(), None);
+        assert_eq!(server.image("Not/A/Name").unwrap(), None);
+        let json = server.manifest_json(&top).unwrap().unwrap();
+        let m: Manifest = serde_json::from_slice(&json).unwrap();
+        assert_eq!((m.digest, m.parent), (top.clone(), Some(chain[0].clone())));
+        let (mut reader, _) = server.open(&chain[0]).unwrap().unwrap();
+        let mut bytes = Vec::new();
+        reader.read_to_end(&mut bytes).unwrap();
+        assert_eq!(
+            Digest::of_bytes(&bytes),
+            chain[0],
+            "the bytes its digest covers"
+        );
+        assert!(server.open(&Digest::of_bytes(b"no")).unwrap().is_none());
+
+        let lock = Lock::parse(&format!("[images.img]\ndigest = \"{}\"\n", chain[0])).unwrap();
+        let pinned = LayerServer::new(store, lock);
+        assert_eq!(
+            pinned.image("img").unwrap(),
+            Some((chain[0].clone(), vec![chain[0].clone()])),
+            "the pin, not the name"
+        );
+    }
+}

@@ -508,3 +508,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     }
     text
 }
+
+#[cfg(test)]
+#[path = "layers_tests.rs"]
+mod tests;
