@@ -4,9 +4,9 @@
 //! on them, then fetches a newer image named in the assignments of two concurrent jobs once, and
 //! fails a job whose pinned image nobody has with an internal error, its store unchanged.
 //!
-//! `fetch_failures.rs`-style negatives live here too, against a hand-written HTTP server: a
-//! tampered layer, a truncated stream, a manifest for another digest, a server that is down, and
-//! a pin without a gateway: each a clear error naming the layer, with nothing registered.
+//! Fetches that must fail, against a hand-written HTTP server: a tampered layer, a truncated
+//! stream, a manifest for another digest, a server that is down, and a pin without a gateway:
+//! each a clear error naming the layer, with nothing registered.
 //!
 //! The image is an OCI tarball made here: a static probe binary in the lower layer, a marker
 //! file in the upper one.

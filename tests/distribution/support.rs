@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context};
+use anyhow::{ensure, Context};
 use axum::body::Bytes;
 use corral_gateway::tenants::{create_tenant, DEFAULT_QUOTA};
 use corral_gateway::{Config, Gateway, LayerSource, LayerStream, SqliteStore};
@@ -20,7 +20,7 @@ use corral_images::lock::Lock;
 use corral_images::oci::{import, ImportOptions};
 use corral_images::serve::LayerServer;
 use corral_images::store::{Manifest, Store};
-use corral_protocol::ImageRef;
+use corral_protocol::{CoordinatorMessage, ImageRef, WorkerMessage};
 use corral_sandbox::{Helper, SandboxConfig};
 use corral_worker::{serve_node, NodeLayers, Remote, SandboxExecutor, Worker, WorkerConfig};
 use http_body_util::{BodyExt, Full};
@@ -238,9 +238,30 @@ pub struct TestNode {
     pub layers: Arc<NodeLayers>,
     task: tokio::task::JoinHandle<Result<(), corral_worker::WorkerError>>,
     relay: tokio::task::JoinHandle<()>,
+    /// Unmounts and removes what the node leaves, also when a check panics.
+    _cleanup: Cleanup,
+}
+
+/// What a node leaves behind: its layer mounts, cgroups and directories. Dropped last (after
+/// the worker has ended, or on a panic while it may still run: the unmounts are lazy).
+struct Cleanup {
     cgroup_parent: String,
-    state: tempfile::TempDir,
-    dir: tempfile::TempDir,
+    state: Option<tempfile::TempDir>,
+    dir: Option<tempfile::TempDir>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Some(dir) = self.dir.take() {
+            let mnt = dir.path().join("images/mnt");
+            for entry in std::fs::read_dir(mnt).into_iter().flatten().flatten() {
+                let _ = nix::mount::umount2(&entry.path(), nix::mount::MntFlags::MNT_DETACH);
+            }
+            drop(dir);
+        }
+        remove_cgroups(&self.cgroup_parent);
+        drop(self.state.take());
+    }
 }
 
 /// Start a node with an empty store of its own, `lock`'s pins and the gateway as remote, and
@@ -270,6 +291,34 @@ pub async fn start_node(n: u32, gw: &Gw, lock: Lock) -> anyhow::Result<TestNode>
     let languages = LanguageSet::new(vec![Language::parse("probe.toml", LANGUAGE)?])?;
     let registry = prometheus::Registry::new();
     let worker = Worker::new(WorkerConfig::new("remote"), executor, languages, &registry)?;
+    let (worker_tx, worker_rx, relay) = relay(gw);
+    let task = tokio::spawn(serve_node(worker, worker_tx, worker_rx));
+    let node = TestNode {
+        layers,
+        task,
+        relay,
+        _cleanup: Cleanup {
+            cgroup_parent,
+            state: Some(state),
+            dir: Some(dir),
+        },
+    };
+    if let Err(e) = node.offered(gw).await {
+        let _ = node.stop().await;
+        return Err(e);
+    }
+    Ok(node)
+}
+
+/// Connect a node to the gateway's dispatcher through a relay task (aborting it cuts the node
+/// off): the node's sender and receiver, and the task.
+fn relay(
+    gw: &Gw,
+) -> (
+    mpsc::Sender<WorkerMessage>,
+    mpsc::Receiver<CoordinatorMessage>,
+    tokio::task::JoinHandle<()>,
+) {
     let (to_node, mut from_gateway) = mpsc::channel(64);
     let (to_gateway, from_node) = mpsc::channel(64);
     gw.gateway.dispatcher().connect(to_node, from_node);
@@ -284,49 +333,40 @@ pub async fn start_node(n: u32, gw: &Gw, lock: Lock) -> anyhow::Result<TestNode>
             }
         }
     });
-    let task = tokio::spawn(serve_node(worker, worker_tx, worker_rx));
-    let node = TestNode {
-        layers,
-        task,
-        relay,
-        cgroup_parent,
-        state,
-        dir,
-    };
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let (_, doc) = call(&gw.url, "GET", "/v1/languages", Some(&gw.key), None).await?;
-        if doc["languages"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|l| l["id"] == "probe")
-        {
-            return Ok(node);
-        }
-        if Instant::now() > deadline || node.task.is_finished() {
-            node.stop().await?;
-            bail!("the node never offered probe: {doc}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    (worker_tx, worker_rx, relay)
 }
 
 impl TestNode {
+    /// Wait until the gateway offers the node's `probe` language (its layers fetched and its
+    /// self-test passed), two minutes at most.
+    async fn offered(&self, gw: &Gw) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let (_, doc) = call(&gw.url, "GET", "/v1/languages", Some(&gw.key), None).await?;
+            let languages = doc["languages"].as_array().into_iter().flatten();
+            if languages.clone().any(|l| l["id"] == "probe") {
+                return Ok(());
+            }
+            ensure!(
+                Instant::now() < deadline && !self.task.is_finished(),
+                "the node never offered probe: {doc}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Cut the node off, wait for it to end, unmount its layers and remove its cgroups.
     pub async fn stop(self) -> anyhow::Result<()> {
-        self.relay.abort();
-        let _ = self.relay.await;
-        let ended = tokio::time::timeout(Duration::from_secs(60), self.task).await;
-        for entry in std::fs::read_dir(self.dir.path().join("images/mnt"))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let _ = nix::mount::umount2(&entry.path(), nix::mount::MntFlags::MNT_DETACH);
-        }
-        remove_cgroups(&self.cgroup_parent);
-        drop(self.state);
+        let TestNode {
+            relay,
+            task,
+            _cleanup,
+            ..
+        } = self;
+        relay.abort();
+        let _ = relay.await;
+        let ended = tokio::time::timeout(Duration::from_secs(60), task).await;
+        drop(_cleanup);
         ensure!(
             matches!(ended, Ok(Ok(Ok(())))),
             "the node did not stop cleanly: {ended:?}"
