@@ -342,7 +342,10 @@ pub(crate) fn assigned_language(
             language.image()
         ));
     }
-    let runnable = executor.prepare_image(image).map_err(|e| e.to_string())?;
+    let runnable = executor.prepare_image(image).map_err(|e| {
+        tracing::warn!(image = %image.name, error = %e, "assigned image unusable");
+        e.to_string()
+    })?;
     let mut language = language.clone();
     language.images = vec![runnable];
     Ok(language)

@@ -258,24 +258,17 @@ fn execute(
     image: Option<&ImageRef>,
     cancel: &CancelToken,
 ) -> Finished {
-    let assigned;
-    let language = match image {
-        None => language,
-        Some(image) => match assigned_language(shared.executor.as_ref(), language, image) {
-            Ok(on_image) => {
-                assigned = on_image;
-                &assigned
+    let assigned = image.map(|image| assigned_language(shared.executor.as_ref(), language, image));
+    let assigned = match assigned.transpose() {
+        Ok(assigned) => assigned,
+        Err(why) => {
+            return Finished {
+                result: failed(why),
+                cancelled: false,
             }
-            Err(why) => {
-                tracing::warn!(image = %image.name, reason = %why, "assigned image unusable");
-                let result = failed(why);
-                return Finished {
-                    result,
-                    cancelled: false,
-                };
-            }
-        },
+        }
     };
+    let language = assigned.as_ref().unwrap_or(language);
     let id = spec.id;
     let out = shared.out.clone();
     let emit = move |event: JobEvent| {
