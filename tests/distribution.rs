@@ -288,3 +288,54 @@ fn refused_fetches_are_clear_errors_and_leave_the_store_unchanged() -> anyhow::R
     );
     Ok(())
 }
+
+/// A pinned image the node lacks and cannot fetch: the language stays on it (it does not move to
+/// the host image listed after it), its self-test fails so it is not offered, and a command on
+/// it fails with an error naming the pin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_pinned_image_is_not_replaced_by_the_host_image() -> anyhow::Result<()> {
+    use corral_images::language::{Language, LanguageSet};
+    use corral_worker::{ExecRequest, Executor, SandboxExecutor};
+
+    common::require_root();
+    let (sandbox, mut cleanup) = support::test_sandbox(2)?;
+    let dir = tempfile::tempdir()?;
+    let absent = Digest::of_bytes(b"never built");
+    let pin = Lock::parse(&format!("[images.probe]\ndigest = \"{absent}\"\n"))?;
+    let layers = Arc::new(NodeLayers::new(Store::open(dir.path())?, pin));
+    cleanup.dir = Some(dir);
+    let executor = Arc::new(SandboxExecutor::with_layers(sandbox, layers));
+    let text = support::LANGUAGE.replace(r#"images = ["probe"]"#, r#"images = ["probe", "host"]"#);
+    let mut languages = LanguageSet::new(vec![Language::parse("probe.toml", &text)?])?;
+    let chooser = executor.clone();
+    let (languages, dropped) = tokio::task::spawn_blocking(move || {
+        let dropped = languages.choose_images(|image| chooser.has_image(image));
+        (languages, dropped)
+    })
+    .await?;
+    assert!(dropped.is_empty(), "{dropped:?}");
+    assert_eq!(languages.get("probe").context("probe")?.image(), "probe");
+    let offered = corral_worker::selftest::self_test(executor.clone(), &languages, 1).await;
+    assert!(offered.is_empty(), "{offered:?}");
+    let request = ExecRequest {
+        image: "probe".into(),
+        argv: vec!["/bin/true".into()],
+        files: Vec::new(),
+        stdin: Vec::new(),
+        limits: corral_sandbox::Limits::default(),
+        network: false,
+        collect: Vec::new(),
+        collect_max_bytes: 0,
+    };
+    let run = tokio::task::spawn_blocking(move || {
+        let cancel = corral_worker::CancelToken::new().expect("cancel token");
+        executor.run(request, &cancel, &mut |_, _| {}).map(|_| ())
+    })
+    .await?;
+    let e = run.unwrap_err().to_string();
+    assert!(
+        e.contains("pinned in images.lock") && e.contains(&absent.to_string()),
+        "{e}"
+    );
+    Ok(())
+}

@@ -52,7 +52,8 @@ int main(int argc, char **argv) {
 }
 "#;
 
-const LANGUAGE: &str = r#"
+/// The probe language, on the probe image only.
+pub const LANGUAGE: &str = r#"
 id = "probe"
 name = "Probe"
 extensions = ["probe"]
@@ -244,10 +245,38 @@ pub struct TestNode {
 
 /// What a node leaves behind: its layer mounts, cgroups and directories. Dropped last (after
 /// the worker has ended, or on a panic while it may still run: the unmounts are lazy).
-struct Cleanup {
+pub struct Cleanup {
     cgroup_parent: String,
     state: Option<tempfile::TempDir>,
-    dir: Option<tempfile::TempDir>,
+    /// The node's data directory, whose `images/mnt/*` are unmounted.
+    pub dir: Option<tempfile::TempDir>,
+}
+
+/// A sandbox of this test process (2 slots, cgroup parent `corral-test-<pid>-dist<n>`, its own
+/// uid range and state directory) and what removes it.
+pub fn test_sandbox(n: u32) -> anyhow::Result<(corral_sandbox::Sandbox, Cleanup)> {
+    let state = tempfile::Builder::new()
+        .prefix("corral-dist-test-")
+        .tempdir()?;
+    let cgroup_parent = format!("corral-test-{}-dist{n}", std::process::id());
+    let sandbox = corral_sandbox::Sandbox::new(SandboxConfig {
+        slots: 2,
+        state_dir: state.path().to_path_buf(),
+        cgroup_parent: cgroup_parent.clone(),
+        uid_base: 310_000_000 + (std::process::id() % 100_000) * 4 * 8192 + n * 8192,
+        helper: Helper::Exec(env!("CARGO_BIN_EXE_corral").into()),
+        require_landlock: true,
+        keep_cgroups: false,
+        keep_netns: false,
+        user_namespace: false,
+    })
+    .context("starting the sandbox")?;
+    let cleanup = Cleanup {
+        cgroup_parent,
+        state: Some(state),
+        dir: None,
+    };
+    Ok((sandbox, cleanup))
 }
 
 impl Drop for Cleanup {
@@ -267,22 +296,7 @@ impl Drop for Cleanup {
 /// Start a node with an empty store of its own, `lock`'s pins and the gateway as remote, and
 /// wait until the gateway offers its `probe` language.
 pub async fn start_node(n: u32, gw: &Gw, lock: Lock) -> anyhow::Result<TestNode> {
-    let state = tempfile::Builder::new()
-        .prefix("corral-dist-test-")
-        .tempdir()?;
-    let cgroup_parent = format!("corral-test-{}-dist{n}", std::process::id());
-    let sandbox = corral_sandbox::Sandbox::new(SandboxConfig {
-        slots: 2,
-        state_dir: state.path().to_path_buf(),
-        cgroup_parent: cgroup_parent.clone(),
-        uid_base: 310_000_000 + (std::process::id() % 100_000) * 4 * 8192 + n * 8192,
-        helper: Helper::Exec(env!("CARGO_BIN_EXE_corral").into()),
-        require_landlock: true,
-        keep_cgroups: false,
-        keep_netns: false,
-        user_namespace: false,
-    })
-    .context("starting the sandbox")?;
+    let (sandbox, mut cleanup) = test_sandbox(n)?;
     let dir = tempfile::tempdir()?;
     let layers = Arc::new(
         NodeLayers::new(Store::open(dir.path())?, lock).with_remote(Remote::new(&gw.url, TOKEN)),
@@ -293,15 +307,12 @@ pub async fn start_node(n: u32, gw: &Gw, lock: Lock) -> anyhow::Result<TestNode>
     let worker = Worker::new(WorkerConfig::new("remote"), executor, languages, &registry)?;
     let (worker_tx, worker_rx, relay) = relay(gw);
     let task = tokio::spawn(serve_node(worker, worker_tx, worker_rx));
+    cleanup.dir = Some(dir);
     let node = TestNode {
         layers,
         task,
         relay,
-        _cleanup: Cleanup {
-            cgroup_parent,
-            state: Some(state),
-            dir: Some(dir),
-        },
+        _cleanup: cleanup,
     };
     if let Err(e) = node.offered(gw).await {
         let _ = node.stop().await;

@@ -245,9 +245,16 @@ impl Executor for SandboxExecutor {
         Ok(layers.ensure_image(image)?.to_string())
     }
 
+    /// A name pinned in images.lock counts as present even when its layers are not: a pin means
+    /// exactly that digest, so the language is not moved to its next image (the host's); its
+    /// self-test then fails with the pin named, and the language is not offered.
     fn has_image(&self, name: &str) -> bool {
         match self.image(name) {
             Ok(_) => true,
+            Err(e) if self.layers.as_ref().is_some_and(|l| l.is_pinned(name)) => {
+                tracing::warn!(image = name, reason = %e, "pinned image unusable; its languages stay on it");
+                true
+            }
             Err(e) => {
                 if self.layers.is_some() && !self.builtin.contains_key(name) {
                     tracing::info!(image = name, reason = %e, "image not usable on this node");

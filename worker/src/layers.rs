@@ -186,6 +186,11 @@ impl NodeLayers {
         &self.store
     }
 
+    /// Whether images.lock pins `name`.
+    pub fn is_pinned(&self, name: &str) -> bool {
+        self.lock.pinned(name).is_some()
+    }
+
     /// Layers fetched from the gateway since this value was made.
     pub fn fetched(&self) -> u64 {
         self.fetched.load(Ordering::Relaxed)
