@@ -1,15 +1,17 @@
 //! Layer distribution end to end (root, as CI runs). A gateway serves a small image's layers over
 //! a real HTTP server on port 0 with a node token; a worker node on the real sandbox, with an
 //! empty image store of its own, fetches the layers its pinned image needs at start-up, runs jobs
-//! on them, then fetches a newer image named in the assignments of two concurrent jobs once, and
-//! fails a job whose pinned image nobody has with an internal error, its store unchanged.
+//! on them, then fetches a newer image named in the assignments of two concurrent jobs once, runs
+//! on the gateway's pin rather than the name's current image, and fails a job whose pinned image
+//! nobody has with an internal error, its store unchanged.
 //!
 //! Fetches that must fail, against a hand-written HTTP server: a tampered layer, a truncated
 //! stream, a manifest for another digest, a server that is down, and a pin without a gateway:
-//! each a clear error naming the layer, with nothing registered.
+//! each a clear error naming the layer, with nothing registered. And a pinned image the node
+//! lacks without a gateway keeps its language on it (never on the host image) and fails clearly.
 //!
-//! The image is an OCI tarball made here: a static probe binary in the lower layer, a marker
-//! file in the upper one.
+//! The image is made here: a static probe binary in a base layer imported from an OCI tarball,
+//! and a layer stacked on it holding a marker file.
 
 #[allow(unused_imports)]
 mod common;
