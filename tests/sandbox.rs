@@ -309,6 +309,24 @@ fn memory_limit() {
     assert!(o.memory_peak_bytes >= 16 * MIB, "{}", o.memory_peak_bytes);
 }
 
+/// A job one of whose processes the OOM killer took is a memory-limit overrun, also when another
+/// of its processes then runs on until the CPU limit ends it.
+#[test]
+fn memory_limit_wins_over_a_later_time_limit() {
+    let s = common::sandbox();
+    let limits = Limits {
+        memory_bytes: 48 * MIB,
+        cpu_time: secs(1.0),
+        wall_time: secs(20.0),
+        ..Limits::default()
+    };
+    let mut spec = sh(&s, "./jobs hog 200; ./jobs spin", limits);
+    spec.files = vec![exe("jobs", common::compile_c("jobs", JOBS_C))];
+    let o = s.run(spec);
+    assert_eq!(o.status, Status::MemoryLimit, "{}", show(&o));
+    assert_eq!(o.limit, None, "{}", show(&o));
+}
+
 #[test]
 fn process_limit() {
     let s = common::sandbox();
