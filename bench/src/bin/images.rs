@@ -106,6 +106,11 @@ fn main() -> anyhow::Result<()> {
         Ok(())
     })();
     let _ = std::fs::remove_dir_all(&copies);
+    for sandbox in [cold, warm] {
+        let state = sandbox.config().state_dir.clone();
+        drop(sandbox);
+        let _ = std::fs::remove_dir_all(&state);
+    }
     result
 }
 
