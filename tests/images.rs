@@ -12,8 +12,6 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use corral_images::digest::Digest;
-
 fn corral(args: &[&str], data_dir: &Path) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_corral"))
         .args(args)
@@ -179,73 +177,20 @@ int main(int argc, char **argv) {
 }
 "#;
 
-fn layer(entries: &[(&str, Option<&[u8]>, u32)]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for (name, data, mode) in entries {
-        let mut h = tar::Header::new_gnu();
-        h.set_mode(*mode);
-        match data {
-            Some(bytes) => {
-                h.set_entry_type(tar::EntryType::Regular);
-                h.set_size(bytes.len() as u64);
-                b.append_data(&mut h, name, *bytes).unwrap();
-            }
-            None => {
-                h.set_entry_type(tar::EntryType::Directory);
-                h.set_size(0);
-                b.append_data(&mut h, name, &[][..]).unwrap();
-            }
-        }
-    }
-    b.into_inner().unwrap()
-}
-
+/// An OCI layout tarball of `layers`, tagged `probe:1`, whose config sets GREETING.
 fn oci_tarball(layers: &[Vec<u8>]) -> Vec<u8> {
-    let diff_ids: Vec<String> = layers
-        .iter()
-        .map(|l| Digest::of_bytes(l).to_string())
-        .collect();
-    let config = serde_json::to_vec(&serde_json::json!({
-        "architecture": "amd64", "os": "linux",
-        "config": {"Env": ["PATH=/bin", "GREETING=from-the-config"], "WorkingDir": "/"},
-        "rootfs": {"type": "layers", "diff_ids": diff_ids}}))
-    .unwrap();
-    let descs: Vec<_> = layers.iter().map(|l| serde_json::json!({
-        "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": Digest::of_bytes(l).to_string(), "size": l.len()})).collect();
-    let manifest = serde_json::to_vec(&serde_json::json!({"schemaVersion": 2,
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": Digest::of_bytes(&config).to_string(), "size": config.len()},
-        "layers": descs})).unwrap();
-    let index = serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": [{
-        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": Digest::of_bytes(&manifest).to_string(),
-        "size": manifest.len(), "annotations": {"org.opencontainers.image.ref.name": "probe:1"}}]})).unwrap();
-    let mut members = vec![
-        (
-            "oci-layout".to_string(),
-            br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec(),
-        ),
-        ("index.json".into(), index),
-    ];
-    for blob in [manifest, config].into_iter().chain(layers.iter().cloned()) {
-        members.push((
-            format!("blobs/sha256/{}", Digest::of_bytes(&blob).hex()),
-            blob,
-        ));
-    }
-    let mut b = tar::Builder::new(Vec::new());
-    for (name, data) in members {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        b.append_data(&mut h, name, &data[..]).unwrap();
-    }
-    b.into_inner().unwrap()
+    common::oci::tarball(
+        layers,
+        &["PATH=/bin", "GREETING=from-the-config"],
+        "probe:1",
+    )
 }
 
 #[test]
 fn imported_oci_tarball_shows_its_merged_view_inside_the_sandbox() {
     common::require_root();
     let probe = common::compile_c("image_probe", PROBE);
-    let lower = layer(&[
+    let lower = common::oci::layer(&[
         ("bin", None, 0o755),
         ("bin/probe", Some(&probe), 0o755),
         ("etc", None, 0o755),
@@ -255,7 +200,7 @@ fn imported_oci_tarball_shows_its_merged_view_inside_the_sandbox() {
         ("d/old1", Some(b"1"), 0o644),
         ("d/old2", Some(b"2"), 0o644),
     ]);
-    let upper = layer(&[
+    let upper = common::oci::layer(&[
         (".wh.gone.txt", Some(b""), 0o644),
         ("d", None, 0o755),
         ("d/.wh..wh..opq", Some(b""), 0o644),

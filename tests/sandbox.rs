@@ -286,10 +286,12 @@ fn cpu_time_counts_every_thread() {
         "reported {:?}, threads used {own} ns",
         o.cpu_time
     );
-    // And with two cores, a multi-threaded spinner uses more CPU than wall time.
+    // And a multi-threaded spinner is stopped by the CPU limit once its threads used it together
+    // (not by comparing CPU with wall time: that holds only while both cores are free).
     let o = s.run(jobs(&s, &["threads", "4"], limits));
     assert_eq!(o.status, Status::TimeLimit, "{}", show(&o));
-    assert!(o.cpu_time > o.wall_time, "{}", show(&o));
+    assert_eq!(o.limit, Some(TimeLimitKind::Cpu), "{}", show(&o));
+    assert!(o.cpu_time >= secs(1.0), "{}", show(&o));
 }
 
 #[test]
@@ -305,6 +307,24 @@ fn memory_limit() {
     let o = s.run(jobs(&s, &["hog", "16"], limits));
     assert_eq!(o.status, Status::Ok, "{}", show(&o));
     assert!(o.memory_peak_bytes >= 16 * MIB, "{}", o.memory_peak_bytes);
+}
+
+/// A job one of whose processes the OOM killer took is a memory-limit overrun, also when another
+/// of its processes then runs on until the CPU limit ends it.
+#[test]
+fn memory_limit_wins_over_a_later_time_limit() {
+    let s = common::sandbox();
+    let limits = Limits {
+        memory_bytes: 48 * MIB,
+        cpu_time: secs(1.0),
+        wall_time: secs(20.0),
+        ..Limits::default()
+    };
+    let mut spec = sh(&s, "./jobs hog 200; ./jobs spin", limits);
+    spec.files = vec![exe("jobs", common::compile_c("jobs", JOBS_C))];
+    let o = s.run(spec);
+    assert_eq!(o.status, Status::MemoryLimit, "{}", show(&o));
+    assert_eq!(o.limit, None, "{}", show(&o));
 }
 
 #[test]
@@ -463,6 +483,32 @@ fn network_grants_loopback_only() {
         host.accept().is_err(),
         "the host's loopback listener was reached"
     );
+}
+
+/// The one-shot command's PID 1 moves itself into the slot's cgroups and only then gets its cgroup
+/// namespace: the job sees its own cgroup as `/` in every hierarchy, and its CPU is charged there.
+#[test]
+fn cli_job_runs_in_its_slot_cgroup_namespace() {
+    let run = common::cli::run(
+        &[
+            "sh",
+            "-c",
+            "cat /proc/self/cgroup; i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done",
+        ],
+        &[],
+    );
+    assert!(run.leftovers.is_empty(), "{:?}", run.leftovers);
+    let json = run.json().unwrap();
+    assert_eq!(json["status"], "ok", "{json}");
+    let cgroups = json["stdout"].as_str().unwrap();
+    assert!(!cgroups.is_empty(), "{json}");
+    for line in cgroups.lines() {
+        assert!(
+            line.ends_with(":/"),
+            "cgroup outside the job's namespace root: {line}"
+        );
+    }
+    assert!(json["cpu_time_ms"].as_u64().unwrap() >= 20, "{json}");
 }
 
 #[test]

@@ -121,7 +121,10 @@ impl Node {
     async fn run(&mut self, spec: JobSpec) -> anyhow::Result<(JobResult, bool, Vec<JobEvent>)> {
         let id = spec.id;
         self.to_worker
-            .send(CoordinatorMessage::Assign { job: spec })
+            .send(CoordinatorMessage::Assign {
+                job: spec,
+                image: None,
+            })
             .await?;
         self.until_done(id).await
     }
@@ -353,7 +356,10 @@ async fn compile_errors_time_limits_tests_and_cancel() -> anyhow::Result<()> {
     );
     let id = sleeper.id;
     node.to_worker
-        .send(CoordinatorMessage::Assign { job: sleeper })
+        .send(CoordinatorMessage::Assign {
+            job: sleeper,
+            image: None,
+        })
         .await?;
     loop {
         match tokio::time::timeout(WAIT, node.from_worker.recv()).await? {

@@ -47,6 +47,9 @@ pub struct Config {
     /// DER certificates trusted for `https://` webhooks besides Mozilla's roots (a private CA;
     /// tests trust their self-signed receiver this way). Certificates are always verified.
     pub webhook_extra_roots: Vec<Vec<u8>>,
+    /// The shared secret worker nodes send as `Authorization: Bearer TOKEN` to fetch image layers
+    /// (`GET /v1/images/...`) without a tenant's key; `None`: only tenant keys are accepted there.
+    pub node_token: Option<String>,
 }
 
 impl Default for Config {
@@ -86,6 +89,7 @@ impl Default for Config {
             webhook_timeout: Duration::from_secs(10),
             webhook_allow_private: false,
             webhook_extra_roots: Vec::new(),
+            node_token: None,
         }
     }
 }

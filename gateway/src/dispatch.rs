@@ -11,6 +11,10 @@
 //! report shows a free slot, and records each `Done` with
 //! the attempt it assigned, so a result is stored exactly once. When a node's channel closes, its
 //! jobs go back to the front of their tenants' queues.
+//!
+//! With a [`LayerSource`] (see [`crate::Gateway::serve_layers`]), each `Assign` of a language the
+//! node runs on a named image carries that image's exact layers ([`ImageRef`]), resolved at
+//! assignment time, so the node can fetch the layers it lacks and never runs another image.
 
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
@@ -19,13 +23,15 @@ use std::time::Instant;
 
 use corral_balancer::{choose_node, choose_tenant, TenantLoad};
 use corral_protocol::{
-    CoordinatorMessage, JobId, JobResult, LanguageInfo, NodeStatus, Verdict, WorkerMessage,
+    CoordinatorMessage, ImageRef, JobId, JobResult, LanguageInfo, NodeStatus, Verdict,
+    WorkerMessage,
 };
 use futures::{stream, Stream, StreamExt};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamMap;
 
+use crate::api::images::LayerSource;
 use crate::hub::{Finished, Hub, Update};
 use crate::metrics::Metrics;
 use crate::store::{now_ms, Db, FinishOutcome, JobState, StoreError};
@@ -55,6 +61,18 @@ pub enum Command {
     FromNode(u64, WorkerMessage),
     /// Node `node`'s channel closed.
     NodeGone(u64),
+    /// Resolve the images of assignments through this source from now on.
+    ServeLayers(Layers),
+}
+
+/// A [`LayerSource`] handed to the dispatcher.
+#[derive(Clone)]
+pub struct Layers(pub Arc<dyn LayerSource>);
+
+impl std::fmt::Debug for Layers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Layers")
+    }
 }
 
 /// A cheap handle on the dispatcher task.
@@ -91,6 +109,7 @@ impl Dispatcher {
             queues: HashMap::new(),
             running: HashMap::new(),
             served: 0,
+            layers: None,
         };
         for t in tenants {
             state.queue(&t.name).max_concurrent = t.quota.max_concurrent;
@@ -124,7 +143,7 @@ impl Dispatcher {
 }
 
 /// Messages of one node; `None` once its channel closed.
-type NodeStream = Pin<Box<dyn Stream<Item = Option<WorkerMessage>> + Send>>;
+type NodeStream = Pin<Box<dyn Stream<Item = Option<WorkerMessage>> + Send + Sync>>;
 
 /// A connected node.
 struct Node {
@@ -193,6 +212,8 @@ struct State {
     running: HashMap<JobId, Running>,
     /// Dispatches so far (the fair-share round-robin clock).
     served: u64,
+    /// Where assignments' images are resolved (`None`: assignments carry no image).
+    layers: Option<Arc<dyn LayerSource>>,
 }
 
 impl State {
@@ -248,6 +269,7 @@ impl State {
             Command::Connect { tx, rx } => self.connect(tx, rx),
             Command::FromNode(node, msg) => self.node_message(node, msg).await?,
             Command::NodeGone(node) => self.node_gone(node).await?,
+            Command::ServeLayers(Layers(source)) => self.layers = Some(source),
         }
         Ok(())
     }
@@ -504,11 +526,15 @@ impl State {
                 cancel_requested: false,
             },
         );
+        let image = self.image_for(node, &started.spec.language).await;
         let Some(n) = self.nodes.get_mut(&node) else {
             return Ok(());
         };
         n.in_flight += 1;
-        let msg = CoordinatorMessage::Assign { job: started.spec };
+        let msg = CoordinatorMessage::Assign {
+            job: started.spec,
+            image,
+        };
         if n.tx.try_send(msg).is_err() {
             // Full or closed: the node does not keep up with the slots it announced. Its reader
             // reports it gone when closed; a full channel means it is stuck, so drop it too.
@@ -519,6 +545,32 @@ impl State {
         self.hub.publish(id, Update::State(JobState::Running));
         tracing::debug!(job = %id, tenant, node, attempt = started.attempt, "assigned");
         Ok(())
+    }
+
+    /// The exact image `node` runs `language` on, when the node names one and the layer source
+    /// knows it; `None` otherwise (the node then uses its own image of that name, never another).
+    async fn image_for(&self, node: u64, language: &str) -> Option<ImageRef> {
+        let source = self.layers.clone()?;
+        let name = self
+            .nodes
+            .get(&node)?
+            .languages
+            .iter()
+            .find(|l| l.id == language)?
+            .image
+            .clone()?;
+        let resolved = tokio::task::spawn_blocking(move || source.image(&name)).await;
+        match resolved {
+            Ok(Ok(image)) => image,
+            Ok(Err(e)) => {
+                tracing::error!(language, error = %e, "resolving a job's image; assigned without one");
+                None
+            }
+            Err(e) => {
+                tracing::error!(language, error = %e, "resolving a job's image panicked");
+                None
+            }
+        }
     }
 
     fn update_gauges(&self) {

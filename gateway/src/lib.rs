@@ -98,9 +98,15 @@ impl Gateway {
         api::router(self.state.clone())
     }
 
-    /// Serve image layers from `source` on `GET /v1/images/{digest}` (and its manifest); call
-    /// before [`Gateway::router`].
+    /// Serve image layers from `source` on `GET /v1/images/{digest}` (and its manifest), and
+    /// resolve each assignment's image through it; call before [`Gateway::router`] and before
+    /// connecting nodes.
     pub fn serve_layers(&mut self, source: Arc<dyn api::images::LayerSource>) {
+        self.state
+            .dispatcher
+            .send(dispatch::Command::ServeLayers(dispatch::Layers(
+                source.clone(),
+            )));
         self.state.layers = Some(source);
     }
 

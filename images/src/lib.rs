@@ -16,6 +16,7 @@
 //! - [`tarball`]: deterministic tars of a layer (raw for digests and shipping, OCI for export).
 //! - [`fetch`]: shipping layers between nodes by digest, verified while streaming.
 //! - [`lock`]: `images/images.lock`, names pinned to digests.
+//! - [`serve`]: what a gateway serves to nodes: manifests, layer bytes, an image's exact chain.
 //! - [`digest`]: sha256 digests and hashing readers/writers.
 #![forbid(unsafe_code)]
 
@@ -30,5 +31,6 @@ pub mod layer;
 pub mod lock;
 pub mod oci;
 pub mod recipe;
+pub mod serve;
 pub mod store;
 pub mod tarball;

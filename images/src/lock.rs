@@ -9,8 +9,14 @@
 //!
 //! `corral image lock` writes it from a store; [`Lock::resolve`] resolves a pinned name by its
 //! digest and fails clearly when the store lacks it (the node must build or fetch it first).
+//!
+//! Which lock applies: the repository's `images/images.lock`, compiled in ([`Lock::builtin`]),
+//! overlaid by `<data-dir>/images.lock` when that file exists ([`Lock::load`]): a pin there wins
+//! over the compiled-in pin of the same name. A language whose image is pinned runs on exactly the
+//! pinned digest, never on whatever the name points at in the store.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -43,6 +49,14 @@ pub enum LockError {
     /// TOML that does not parse into a lock.
     #[error("images.lock: {0}")]
     Parse(#[from] toml::de::Error),
+    /// The data directory's lock file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
     /// Writing TOML failed.
     #[error("images.lock: {0}")]
     Write(#[from] toml::ser::Error),
@@ -67,6 +81,47 @@ impl Lock {
             crate::store::check_name(name)?;
         }
         Ok(lock)
+    }
+
+    /// The lock compiled into Corral (the repository's `images/images.lock`).
+    pub fn builtin() -> Lock {
+        Lock::parse(include_str!("../images.lock")).expect("the shipped images.lock parses")
+    }
+
+    /// The compiled-in lock overlaid by `<data-dir>/images.lock` when that file exists.
+    pub fn load(data_dir: &Path) -> Result<Lock, LockError> {
+        let mut lock = Lock::builtin();
+        let path = data_dir.join("images.lock");
+        match std::fs::read_to_string(&path) {
+            Ok(text) => lock.images.extend(Lock::parse(&text)?.images),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(LockError::Read { path, source }),
+        }
+        Ok(lock)
+    }
+
+    /// The digest `name` is pinned to, if any.
+    pub fn pinned(&self, name: &str) -> Option<&Digest> {
+        self.images.get(name).map(|pin| &pin.digest)
+    }
+
+    /// The image a job on `name` runs on: its top digest (the pin, else what the name points at
+    /// in `store`) and its layer chain lowest first, empty when `store` lacks the pinned layer or
+    /// one of its parents. `Ok(None)` when the name is neither pinned nor in `store`.
+    pub fn image_chain(
+        &self,
+        store: &Store,
+        name: &str,
+    ) -> Result<Option<(Digest, Vec<Digest>)>, StoreError> {
+        let top = match self.pinned(name) {
+            Some(pin) => pin.clone(),
+            None => match store.lookup(name)? {
+                Some(digest) => digest,
+                None => return Ok(None),
+            },
+        };
+        let chain = store.chain_digests(&top)?;
+        Ok(Some((top, chain)))
     }
 
     /// The lock file text.
@@ -177,6 +232,54 @@ mod tests {
             first.digest
         ))
         .is_err());
+    }
+
+    #[test]
+    fn the_data_dirs_lock_overlays_the_builtin_one_and_chains_follow_pins() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert_eq!(Lock::load(tmp.path()).unwrap(), Lock::builtin());
+        let store = Store::open_with_format(tmp.path(), LayerFormat::Dir).unwrap();
+        let a = store.staging().unwrap();
+        std::fs::write(a.path().join("v"), b"1").unwrap();
+        let base = store.register("base", a.path(), manifest()).unwrap();
+        let b = store.staging().unwrap();
+        std::fs::write(b.path().join("w"), b"2").unwrap();
+        let child = Manifest {
+            parent: Some(base.digest.clone()),
+            ..manifest()
+        };
+        let top = store.register("img", b.path(), child).unwrap();
+        let absent = Digest::of_bytes(b"absent");
+        std::fs::write(
+            tmp.path().join("images.lock"),
+            format!(
+                "[images.img]\ndigest = \"{}\"\n[images.gone]\ndigest = \"{absent}\"\n",
+                base.digest
+            ),
+        )
+        .unwrap();
+        let lock = Lock::load(tmp.path()).unwrap();
+        assert_eq!(lock.pinned("img"), Some(&base.digest));
+        // The pin wins over the name's current digest.
+        assert_eq!(
+            lock.image_chain(&store, "img").unwrap(),
+            Some((base.digest.clone(), vec![base.digest.clone()]))
+        );
+        assert_eq!(
+            Lock::default().image_chain(&store, "img").unwrap(),
+            Some((
+                top.digest.clone(),
+                vec![base.digest.clone(), top.digest.clone()]
+            ))
+        );
+        // A pin the store lacks: the digest without its chain (the node must fetch or fail).
+        assert_eq!(
+            lock.image_chain(&store, "gone").unwrap(),
+            Some((absent, Vec::new()))
+        );
+        assert_eq!(lock.image_chain(&store, "nothing").unwrap(), None);
+        std::fs::write(tmp.path().join("images.lock"), "[images.x]\n").unwrap();
+        assert!(Lock::load(tmp.path()).is_err());
     }
 
     #[test]

@@ -319,6 +319,19 @@ impl Store {
         Ok(chain)
     }
 
+    /// The digests of `top`'s layer chain, lowest first; empty when the store lacks `top` or one
+    /// of its parents.
+    pub fn chain_digests(&self, top: &Digest) -> Result<Vec<Digest>, StoreError> {
+        let Some(m) = self.manifest(top)? else {
+            return Ok(Vec::new());
+        };
+        match self.chain(&m) {
+            Ok(chain) => Ok(chain.into_iter().map(|m| m.digest).collect()),
+            Err(StoreError::NotFound(_)) => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Resolve a name (or digest) to its stacked layer directories, mounting EROFS layers that
     /// are not mounted yet (a mount survives restarts of Corral and is shared by all jobs).
     pub fn resolve(&self, name: &str) -> Result<Resolved, StoreError> {

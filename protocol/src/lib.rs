@@ -21,5 +21,7 @@ pub mod result;
 
 pub use bytes::Bytes;
 pub use job::{Compare, JobId, JobSpec, Limits, SourceFile, TestCase};
-pub use node::{CoordinatorMessage, JobEvent, LanguageInfo, NodeId, NodeStatus, WorkerMessage};
+pub use node::{
+    CoordinatorMessage, ImageRef, JobEvent, LanguageInfo, NodeId, NodeStatus, WorkerMessage,
+};
 pub use result::{JobResult, RunResult, RunStatus, Stream, Verdict};

@@ -42,6 +42,22 @@ pub struct LanguageInfo {
     pub image: Option<String>,
 }
 
+/// An image by its content: a name (for logs and errors) and the sha256 digests of its layers.
+///
+/// Digests are `sha256:<64 lowercase hex>` strings; the node checks each one before using it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageRef {
+    /// The image's name (`python`), as the node reported it for the job's language.
+    pub name: String,
+    /// The top layer's digest: the image the job runs on.
+    pub digest: String,
+    /// The whole layer chain, lowest first and ending with `digest`, as far as the coordinator
+    /// knows it; empty when it does not (the node then follows the layers' manifests).
+    #[serde(default)]
+    pub layers: Vec<String>,
+}
+
 /// A node's utilization, as used for placement.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeStatus {
@@ -139,6 +155,11 @@ pub enum CoordinatorMessage {
     Assign {
         /// The job.
         job: JobSpec,
+        /// The exact image to run it on, when the coordinator knows it (absent from older
+        /// coordinators, and for languages on a node's built-in image): the node fetches the
+        /// layers it lacks before the job runs, and never runs it on another image.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        image: Option<ImageRef>,
     },
     /// Stop this job if it is still running (its `Done` still follows).
     Cancel {
@@ -163,9 +184,83 @@ mod tests {
         }
     }
 
+    fn spec() -> JobSpec {
+        JobSpec {
+            id: JobId::new(),
+            tenant: "acme".into(),
+            language: "python".into(),
+            files: vec![SourceFile {
+                name: "main.py".into(),
+                content: "print(1)".into(),
+            }],
+            args: vec![],
+            stdin: Bytes::default(),
+            limits: limits(),
+            compile_limits: limits(),
+            tests: vec![],
+            compare: Compare::Exact,
+            stop_on_first_failure: false,
+            network: false,
+        }
+    }
+
+    #[test]
+    fn assign_carries_an_optional_image_and_stays_compatible() {
+        let top = format!("sha256:{}", "b".repeat(64));
+        let image = ImageRef {
+            name: "python".into(),
+            digest: top.clone(),
+            layers: vec![format!("sha256:{}", "a".repeat(64)), top],
+        };
+        let with = CoordinatorMessage::Assign {
+            job: spec(),
+            image: Some(image.clone()),
+        };
+        let json = serde_json::to_string(&with).unwrap();
+        assert!(json.contains(r#""image":{"name":"python""#), "{json}");
+        assert_eq!(
+            serde_json::from_str::<CoordinatorMessage>(&json).unwrap(),
+            with
+        );
+        // Without an image the field is left out: older nodes read exactly what they did.
+        let without = CoordinatorMessage::Assign {
+            job: spec(),
+            image: None,
+        };
+        let json = serde_json::to_string(&without).unwrap();
+        assert!(!json.contains("image"), "{json}");
+        // An older coordinator's assignment (no image field) still parses.
+        let old = format!(
+            r#"{{"type":"assign","job":{}}}"#,
+            serde_json::to_string(&spec()).unwrap()
+        );
+        assert!(matches!(
+            serde_json::from_str::<CoordinatorMessage>(&old).unwrap(),
+            CoordinatorMessage::Assign { image: None, .. }
+        ));
+        // A newer coordinator's assignment still parses on a node built before the field.
+        #[derive(Deserialize)]
+        #[serde(rename_all = "snake_case", tag = "type")]
+        enum Before {
+            Assign { job: JobSpec },
+        }
+        let json = serde_json::to_string(&with).unwrap();
+        let Before::Assign { job } = serde_json::from_str::<Before>(&json).unwrap();
+        assert_eq!(job.language, "python");
+        // The chain may be unknown; unknown fields inside the image are refused.
+        let bare = r#"{"name":"python","digest":"sha256:00"}"#;
+        assert!(serde_json::from_str::<ImageRef>(bare)
+            .unwrap()
+            .layers
+            .is_empty());
+        let extra = r#"{"name":"python","digest":"sha256:00","layers":[],"x":1}"#;
+        assert!(serde_json::from_str::<ImageRef>(extra).is_err());
+    }
+
     #[test]
     fn assign_round_trips_through_json() {
         let msg = CoordinatorMessage::Assign {
+            image: None,
             job: JobSpec {
                 id: JobId::new(),
                 tenant: "acme".into(),

@@ -34,6 +34,10 @@ pub struct InitFds {
     pub report: OwnedFd,
     /// With a user namespace: the pipe PID 1 waits on until its maps are written.
     pub sync: Option<OwnedFd>,
+    /// Cgroup `tasks`/`cgroup.procs` files (opened by the parent) PID 1 joins before anything else,
+    /// then it enters a new cgroup namespace rooted there. Empty when it was cloned inside the
+    /// slot's cgroups (from the spawner) and already is in a cgroup namespace of its own.
+    pub join: Vec<OwnedFd>,
 }
 
 /// Run PID 1, building the root for `req` first. Never returns.
@@ -45,10 +49,31 @@ pub fn init_main(req: &JobRequest, blobs: &[Vec<u8>], fds: InitFds) -> ! {
         fds.report.as_raw_fd(),
     ];
     keep.extend(fds.sync.as_ref().map(AsRawFd::as_raw_fd));
-    let prepared = close_inherited(&keep).and_then(|()| prepare_root(req, fds.sync));
+    let prepared = join_cgroups(fds.join)
+        .and_then(|()| close_inherited(&keep))
+        .and_then(|()| prepare_root(req, fds.sync));
     finish(
         req, blobs, fds.stdin, fds.stdout, fds.stderr, fds.report, prepared,
     )
+}
+
+/// Move this process (still single-threaded, before it runs anything of the job) into the slot's
+/// cgroups, then root a new cgroup namespace there, so the job sees its own cgroup as `/`.
+///
+/// PID 1 moves itself by writing "0" to each v1 `tasks` file: a single thread moving itself skips
+/// the kernel's global threadgroup lock, whose write side waits for an RCU grace period (measured
+/// here: 15 µs instead of ~12 ms under load for the parent writing PID 1's pid).
+fn join_cgroups(files: Vec<OwnedFd>) -> Result<(), String> {
+    if files.is_empty() {
+        return Ok(());
+    }
+    for file in files {
+        let mut file = std::fs::File::from(file);
+        std::io::Write::write_all(&mut file, b"0")
+            .map_err(|e| format!("joining the slot's cgroup: {e}"))?;
+    }
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)
+        .map_err(|e| format!("new cgroup namespace: {e}"))
 }
 
 /// Run a PID 1 prepared ahead of its job: build the root for `template`, then wait on `sock` for

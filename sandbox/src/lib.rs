@@ -103,15 +103,22 @@ impl SandboxConfig {
     /// Defaults for this host: one slot per CPU, state in /run/corral, cgroup `corral`, uids from
     /// 1,000,000, Landlock required, and the current executable as the spawner helper.
     pub fn host_defaults() -> Result<SandboxConfig, Error> {
+        let slots = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        SandboxConfig::with_slots(slots)
+    }
+
+    /// [`SandboxConfig::host_defaults`] with `slots` slots (without working out how many CPUs this
+    /// process may use, which reads the cgroup files of the CPU quota).
+    pub fn with_slots(slots: usize) -> Result<SandboxConfig, Error> {
         let exe = std::env::current_exe().map_err(|source| Error::StateDir {
             path: "/proc/self/exe".into(),
             source,
         })?;
         let helper = Helper::Exec(exe);
         Ok(SandboxConfig {
-            slots: std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1),
+            slots,
             state_dir: "/run/corral".into(),
             cgroup_parent: "corral".into(),
             uid_base: 1_000_000,
@@ -170,16 +177,16 @@ impl Sandbox {
                 "an in-process sandbox has exactly one slot".into(),
             ));
         }
-        let version = cgroup::detect()?;
+        let hierarchies = cgroup::Hierarchies::probe()?;
         let slots_dir = config.state_dir.join("slots");
         let leases = lease::lease_slots(&slots_dir, config.slots)?;
-        sweep_leftovers(version, &config.cgroup_parent, &slots_dir)?;
+        sweep_leftovers(&hierarchies, &config.cgroup_parent, &slots_dir)?;
         let uids = config.uid_base..config.uid_base + MAX_SLOTS as u32;
         let host = host::prepare(&config.state_dir.join("images/host"), uids)?;
         let mut slots = Vec::with_capacity(config.slots);
         for lease in leases {
             let name = format!("slot-{}", lease.index);
-            let cg = cgroup::open_slot(version, &config.cgroup_parent, &name)?;
+            let cg = hierarchies.open_slot(&config.cgroup_parent, &name)?;
             if !cg.pids()?.is_empty() {
                 // Only a crashed holder of this lease can have left them: kill them.
                 tracing::warn!(
@@ -332,11 +339,11 @@ pub struct SlotInfo {
 /// process just leased are locked already, hence skipped (`Sandbox::new` cleans those itself).
 /// Names other than `slot-<index>` are left alone.
 fn sweep_leftovers(
-    version: cgroup::Version,
+    hierarchies: &cgroup::Hierarchies,
     parent: &str,
     slots_dir: &std::path::Path,
 ) -> Result<(), Error> {
-    let swept = cgroup::sweep(version, parent, |name| {
+    let swept = hierarchies.sweep(parent, |name| {
         let index: usize = name.strip_prefix("slot-")?.parse().ok()?;
         if index >= MAX_SLOTS || name != format!("slot-{index}") {
             return None;

@@ -81,11 +81,14 @@ pub(crate) fn single_threaded() -> Result<(), Error> {
         path: "fork".into(),
         source,
     };
-    let status = std::fs::read_to_string("/proc/self/status").map_err(err)?;
-    if status
-        .lines()
-        .any(|l| l.split_whitespace().eq(["Threads:", "1"]))
-    {
+    // Field 20 of /proc/self/stat (the 18th after the command name, which may hold spaces and
+    // parentheses: everything up to its last ')') is the number of threads. Shorter to produce
+    // and parse than /proc/self/status.
+    let stat = std::fs::read_to_string("/proc/self/stat").map_err(err)?;
+    let threads = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(17));
+    if threads == Some("1") {
         Ok(())
     } else {
         Err(err(std::io::Error::other(
@@ -273,20 +276,32 @@ impl Slot {
     ) -> Result<Launched, String> {
         single_threaded().map_err(|e| e.to_string())?;
         let dup = |fd| sys::dup_cloexec_raw(fd).map_err(|e| format!("dup: {e}"));
+        // PID 1 moves itself into the slot's cgroups before it runs anything; this process stays
+        // where it is. A thread moving itself is the cheap migration: the parent moving PID 1 (or
+        // itself back out after a clone) waits for an RCU grace period.
+        let join = self
+            .cgroup
+            .self_attach_files()
+            .iter()
+            .map(|file| {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(file)
+                    .map(OwnedFd::from)
+                    .map_err(|e| format!("opening {}: {e}", file.display()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let init_fds = InitFds {
             stdin: dup(fds[0])?,
             stdout: dup(fds[1])?,
             stderr: dup(fds[2])?,
             report: dup(fds[3])?,
             sync: None,
+            join,
         };
-        // PID 1 is moved into the slot's cgroups before it runs anything (it waits on a sync pipe
-        // meanwhile); this process stays where it is. One migration per job, and not the slow
-        // one: leaving a memory cgroup again after a clone costs an RCU grace period.
-        let join = self.cgroup.self_attach_files();
         // SAFETY: single_threaded() just checked that no other thread exists.
         #[allow(unsafe_code)]
-        let (pid, pidfd) = unsafe { crate::spawner::clone_init(req, blobs, init_fds, &join) }?;
+        let (pid, pidfd) = unsafe { crate::spawner::clone_init(req, blobs, init_fds) }?;
         Ok(Launched {
             pidfd,
             direct_pid: Some(pid),

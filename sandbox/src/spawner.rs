@@ -127,6 +127,7 @@ fn serve(sock: &mut UnixStream) -> std::io::Result<()> {
             stderr,
             report,
             sync: None,
+            join: Vec::new(),
         };
         run_one(sock, &req, &blobs, fds, &mut prepared)?;
     }
@@ -206,7 +207,7 @@ fn run_one(
             // SAFETY: the spawner is single-threaded.
             #[allow(unsafe_code)]
             unsafe {
-                clone_init(req, blobs, fds, &[])
+                clone_init(req, blobs, fds)
             }
         }
     };
@@ -304,7 +305,7 @@ impl Drop for Prepared {
 #[allow(unsafe_code)]
 unsafe fn prepare(template: &JobRequest) -> Result<Prepared, String> {
     let (ours, theirs) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
-    let sync = crate::userns::sync_pipe(template, false)?;
+    let sync = crate::userns::sync_pipe(template)?;
     // SAFETY: forwarded to the caller's contract.
     #[allow(unsafe_code)]
     let cloned = unsafe { sys::clone_with_pidfd(job_namespaces(template)) };
@@ -316,7 +317,7 @@ unsafe fn prepare(template: &JobRequest) -> Result<Prepared, String> {
         Ok(CloneResult::Parent { pid, pidfd }) => {
             drop(theirs);
             if let Some(sync) = sync {
-                if let Err(e) = crate::userns::place_and_release(template, pid, &[], sync) {
+                if let Err(e) = crate::userns::map_and_release(template, pid, sync) {
                     let _ = sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
                     let _ = waitpid(pid, None);
                     return Err(e);
@@ -333,10 +334,10 @@ unsafe fn prepare(template: &JobRequest) -> Result<Prepared, String> {
     }
 }
 
-/// Clone the job's PID 1 into its namespaces and return its pid and pidfd, once it is placed in the
-/// cgroups whose `tasks`/`cgroup.procs` files are given (none: it inherits the caller's, the slot's
-/// when the caller is the spawner) and its user namespace is mapped, if asked. The child runs
-/// [`init_main`] and never returns here.
+/// Clone the job's PID 1 into its namespaces and return its pid and pidfd (once its user namespace
+/// is mapped, if asked). With `fds.join` empty it stays in the caller's cgroups (the slot's, when
+/// the caller is the spawner); otherwise it moves itself into the cgroups of those files first and
+/// gets its cgroup namespace after that. The child runs [`init_main`] and never returns here.
 ///
 /// # Safety
 ///
@@ -346,12 +347,15 @@ pub(crate) unsafe fn clone_init(
     req: &JobRequest,
     blobs: &[Vec<u8>],
     mut fds: InitFds,
-    cgroup_files: &[std::path::PathBuf],
 ) -> Result<(nix::unistd::Pid, OwnedFd), String> {
-    let sync = crate::userns::sync_pipe(req, !cgroup_files.is_empty())?;
+    let sync = crate::userns::sync_pipe(req)?;
+    let mut flags = job_namespaces(req);
+    if !fds.join.is_empty() {
+        flags &= !libc::CLONE_NEWCGROUP;
+    }
     // SAFETY: forwarded to the caller's contract.
     #[allow(unsafe_code)]
-    let cloned = unsafe { sys::clone_with_pidfd(job_namespaces(req)) };
+    let cloned = unsafe { sys::clone_with_pidfd(flags) };
     match cloned {
         Ok(CloneResult::Child) => {
             fds.sync = sync.map(|s| s.wait);
@@ -360,7 +364,7 @@ pub(crate) unsafe fn clone_init(
         Ok(CloneResult::Parent { pid, pidfd }) => {
             drop(fds);
             if let Some(sync) = sync {
-                if let Err(e) = crate::userns::place_and_release(req, pid, cgroup_files, sync) {
+                if let Err(e) = crate::userns::map_and_release(req, pid, sync) {
                     let _ = sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
                     let _ = waitpid(pid, None);
                     return Err(e);

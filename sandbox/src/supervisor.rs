@@ -563,14 +563,17 @@ fn outcome(
         Status::InternalError
     } else if kill == Some(Kill::Cancel) {
         Status::Cancelled
+    } else if oom {
+        // The kernel killed a process of the job for its memory limit. That came before any time
+        // limit ended the job: a fork tree whose main process survived the OOM killer and then
+        // spun, or thrashed at the limit, overran its memory first.
+        Status::MemoryLimit
     } else if kill == Some(Kill::Cpu) || cpu > limits.cpu_time {
         out.limit = Some(TimeLimitKind::Cpu);
         Status::TimeLimit
     } else if kill == Some(Kill::Wall) {
         out.limit = Some(TimeLimitKind::Wall);
         Status::TimeLimit
-    } else if oom {
-        Status::MemoryLimit
     } else if kill == Some(Kill::Output) {
         Status::OutputLimit
     } else if out.exit_code == Some(0) && out.signal.is_none() {

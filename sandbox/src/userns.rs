@@ -18,9 +18,9 @@ pub struct SyncPipe {
     pub release: OwnedFd,
 }
 
-/// A sync pipe when `req` asks for a user namespace or the parent must place PID 1 (`place`).
-pub fn sync_pipe(req: &JobRequest, place: bool) -> Result<Option<SyncPipe>, String> {
-    if req.userns_root.is_none() && !place {
+/// A sync pipe when `req` asks for a user namespace (PID 1 waits until its maps are written).
+pub fn sync_pipe(req: &JobRequest) -> Result<Option<SyncPipe>, String> {
+    if req.userns_root.is_none() {
         return Ok(None);
     }
     let (wait, release) =
@@ -28,19 +28,9 @@ pub fn sync_pipe(req: &JobRequest, place: bool) -> Result<Option<SyncPipe>, Stri
     Ok(Some(SyncPipe { wait, release }))
 }
 
-/// In the parent: move PID 1 into the cgroups whose `tasks`/`cgroup.procs` files are given, write
-/// its maps (with a user namespace), then release it.
-pub fn place_and_release(
-    req: &JobRequest,
-    pid: Pid,
-    cgroup_files: &[std::path::PathBuf],
-    sync: SyncPipe,
-) -> Result<(), String> {
+/// In the parent: write PID 1's maps (with a user namespace), then release it.
+pub fn map_and_release(req: &JobRequest, pid: Pid, sync: SyncPipe) -> Result<(), String> {
     drop(sync.wait);
-    for file in cgroup_files {
-        std::fs::write(file, pid.to_string())
-            .map_err(|e| format!("moving PID 1 into cgroup {}: {e}", file.display()))?;
-    }
     if let Some(root) = req.userns_root {
         let write = |name: &str, contents: String| {
             let path = format!("/proc/{pid}/{name}");

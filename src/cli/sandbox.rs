@@ -94,8 +94,7 @@ fn run_one(args: RunArgs) -> anyhow::Result<i32> {
     } else {
         Some(super::image::sandbox_image(&args.data_dir, &args.image)?)
     };
-    let mut config = SandboxConfig::host_defaults()?;
-    config.slots = 1;
+    let mut config = SandboxConfig::with_slots(1)?;
     // This command is single-threaded and runs one job: it clones the job's PID 1 itself.
     config.helper = corral_sandbox::Helper::InProcess;
     // Leave the empty slot cgroups for the next command instead of recreating them each time.

@@ -3,8 +3,11 @@
 //! protocol messages that cross the network between machines.
 //!
 //! The data directory's image store (`<data-dir>/images`, shared with `corral image`) is the
-//! node's: languages run on the first of their images found there (or `host`), and the gateway
-//! serves its layers on `GET /v1/images/{digest}` through [`StoreLayers`].
+//! node's: languages run on the first of their images found there (or `host`), a name pinned in
+//! images.lock (compiled in, or `<data-dir>/images.lock`) runs on exactly its pinned digest, and
+//! the gateway serves the store's layers on `GET /v1/images/{digest}` through [`StoreLayers`] to
+//! nodes presenting `--node-token` (or a tenant key), and names each job's exact layers in its
+//! assignment.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -15,9 +18,11 @@ use anyhow::Context as _;
 use clap::Args;
 use corral_gateway::{Config, Gateway, LayerSource, LayerStream, SqliteStore, Store};
 use corral_images::digest::Digest;
-use corral_images::store::StoreError;
+use corral_images::lock::Lock;
+use corral_images::serve::LayerServer;
+use corral_protocol::ImageRef;
 use corral_sandbox::{Sandbox, SandboxConfig};
-use corral_worker::{serve_node, SandboxExecutor, Worker, WorkerConfig};
+use corral_worker::{serve_node, NodeLayers, SandboxExecutor, Worker, WorkerConfig};
 
 use super::units::parse_size;
 
@@ -51,6 +56,10 @@ pub struct ServeArgs {
     /// Directory of language definitions (`*.toml`) instead of the built-in ones.
     #[arg(long)]
     pub languages: Option<PathBuf>,
+    /// Shared secret worker nodes present (`Authorization: Bearer TOKEN`) to fetch image layers
+    /// from `/v1/images/...`; without it only tenant keys may fetch layers.
+    #[arg(long, env = "CORRAL_NODE_TOKEN", hide_env_values = true)]
+    pub node_token: Option<String>,
 }
 
 /// Runs the service until SIGINT or SIGTERM.
@@ -84,14 +93,19 @@ async fn serve(
     let config = Config {
         max_body_bytes: usize::try_from(args.max_body).unwrap_or(usize::MAX),
         webhook_allow_private: args.allow_private_callbacks,
+        node_token: args.node_token.clone().filter(|t| !t.is_empty()),
         ..Config::default()
     };
     let tenants = store.list_tenants()?.len();
     let images = corral_images::store::Store::open(&args.data_dir)
         .with_context(|| format!("opening the image store in {}", args.data_dir.display()))?;
+    let lock = Lock::load(&args.data_dir).context("loading images.lock")?;
     let mut gateway = Gateway::start(config, store as Arc<dyn Store>, registry.clone()).await?;
-    gateway.serve_layers(Arc::new(StoreLayers(images.clone())));
-    let executor = Arc::new(SandboxExecutor::with_store(sandbox, images));
+    let served = LayerServer::new(images.clone(), lock.clone());
+    gateway.serve_layers(Arc::new(StoreLayers(served)));
+    // The node shares the gateway's store: it never lacks a layer, so it has no remote.
+    let layers = Arc::new(NodeLayers::new(images, lock));
+    let executor = Arc::new(SandboxExecutor::with_layers(sandbox, layers));
     let worker = Worker::new(
         WorkerConfig::new(node_name()),
         executor,
@@ -156,25 +170,28 @@ fn start_sandbox(args: &ServeArgs) -> anyhow::Result<Sandbox> {
     Sandbox::new(config).context("starting the sandbox (needs root)")
 }
 
-/// The image store's layers, for the gateway's `GET /v1/images/{digest}` (and its manifest).
-struct StoreLayers(corral_images::store::Store);
+/// The image store's layers, for the gateway's `GET /v1/images/{digest}` (and its manifest), and
+/// each assignment's exact image.
+struct StoreLayers(LayerServer);
 
 impl LayerSource for StoreLayers {
     fn manifest(&self, digest: &str) -> Result<Option<Vec<u8>>, String> {
         let digest = Digest::parse(digest).map_err(|e| e.to_string())?;
-        match self.0.manifest(&digest).map_err(|e| e.to_string())? {
-            Some(m) => serde_json::to_vec(&m).map(Some).map_err(|e| e.to_string()),
-            None => Ok(None),
-        }
+        self.0.manifest_json(&digest).map_err(|e| e.to_string())
     }
 
     fn open(&self, digest: &str) -> Result<Option<LayerStream>, String> {
         let digest = Digest::parse(digest).map_err(|e| e.to_string())?;
-        match corral_images::fetch::open_layer(&self.0, &digest) {
-            Ok(opened) => Ok(Some(opened)),
-            Err(StoreError::NotFound(_)) => Ok(None),
-            Err(e) => Err(e.to_string()),
-        }
+        self.0.open(&digest).map_err(|e| e.to_string())
+    }
+
+    fn image(&self, name: &str) -> Result<Option<ImageRef>, String> {
+        let found = self.0.image(name).map_err(|e| e.to_string())?;
+        Ok(found.map(|(top, chain)| ImageRef {
+            name: name.to_string(),
+            digest: top.to_string(),
+            layers: chain.iter().map(Digest::to_string).collect(),
+        }))
     }
 }
 

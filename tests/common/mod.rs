@@ -9,11 +9,13 @@
 //!   waiting for it is done. `CORRAL_TEST_USERNS=1` starts it in user-namespace mode
 //!   ([`SandboxConfig::user_namespace`]), so the same suites cover both modes.
 //! - [`compile_c`]: a static binary from C source, cached per test binary.
+//! - [`oci`]: small OCI layout tarballs made by the tests.
 //! - [`checks::HostSnapshot`] and [`checks::after_checks`]: what HOSTILE.md asks after every hostile job.
 #![allow(dead_code)]
 
 pub mod checks;
 pub mod cli;
+pub mod oci;
 
 use std::collections::HashMap;
 use std::ops::Deref;

@@ -9,15 +9,21 @@
 //! image built or imported there: a name is resolved (its EROFS layers mounted, once per node)
 //! when the worker asks [`Executor::has_image`] at start-up, and checked again before each
 //! command, so a job whose image was removed since fails with [`ExecError::ImageGone`] instead of
-//! running anywhere else.
+//! running anywhere else. Its store sits behind [`NodeLayers`]: names pinned in images.lock run
+//! on their pinned digest, and an assignment's exact image ([`Executor::prepare_image`]) has its
+//! missing layers fetched from the gateway first (see [`crate::layers`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use corral_images::digest::Digest;
+use corral_images::lock::Lock;
 use corral_images::store::Store;
+use corral_protocol::ImageRef;
 use corral_sandbox::spec::CancelToken;
 use corral_sandbox::{FileIn, Image, Limits, Outcome, Sandbox, Spec, Stdin, StreamKind};
+
+use crate::layers::{LayerError, NodeLayers};
 
 /// One command to run.
 #[derive(Debug, Clone)]
@@ -58,6 +64,10 @@ pub enum ExecError {
         /// What the store said.
         why: String,
     },
+    /// An image's layers could not be made available (a pinned or assigned layer missing and
+    /// not fetchable, a refused fetch).
+    #[error(transparent)]
+    Layers(Box<LayerError>),
     /// The sandbox failed.
     #[error("sandbox: {0}")]
     Sandbox(#[from] corral_sandbox::Error),
@@ -69,6 +79,12 @@ pub enum ExecError {
         /// The cause.
         source: std::io::Error,
     },
+}
+
+impl From<LayerError> for ExecError {
+    fn from(e: LayerError) -> Self {
+        ExecError::Layers(Box::new(e))
+    }
 }
 
 /// Runs commands. Blocking: call it from a blocking thread. Implementations must be usable from
@@ -93,6 +109,13 @@ pub trait Executor: Send + Sync + 'static {
     fn has_image(&self, name: &str) -> bool {
         self.images().iter().any(|image| image == name)
     }
+
+    /// Make the exact image of an assignment runnable (fetching layers this node lacks) and
+    /// return the image name to run its commands on. Executors without an image store run
+    /// everything on their one image and return the name unchanged.
+    fn prepare_image(&self, image: &ImageRef) -> Result<String, ExecError> {
+        Ok(image.name.clone())
+    }
 }
 
 /// The real executor: every command in a fresh container of [`corral_sandbox::Sandbox`].
@@ -101,8 +124,8 @@ pub struct SandboxExecutor {
     sandbox: Arc<Sandbox>,
     /// The sandbox's built-in images (`host`), by name.
     builtin: HashMap<String, Image>,
-    /// The node's image store, if it has one.
-    store: Option<Store>,
+    /// The node's image store with its pins and remote, if it has one.
+    layers: Option<Arc<NodeLayers>>,
     /// Store images resolved so far, by name, with the digest the name pointed at.
     resolved: Mutex<HashMap<String, (Digest, Image)>>,
 }
@@ -114,7 +137,7 @@ impl SandboxExecutor {
         SandboxExecutor {
             sandbox: Arc::new(sandbox),
             builtin: HashMap::from([(host.name.clone(), host)]),
-            store: None,
+            layers: None,
             resolved: Mutex::default(),
         }
     }
@@ -122,8 +145,14 @@ impl SandboxExecutor {
     /// Run on `sandbox`, with its `host` image and every image of `store` (the data directory's
     /// image store, shared with `corral image`).
     pub fn with_store(sandbox: Sandbox, store: Store) -> SandboxExecutor {
+        SandboxExecutor::with_layers(sandbox, Arc::new(NodeLayers::new(store, Lock::default())))
+    }
+
+    /// Run on `sandbox`, with its `host` image and the images of `layers` (a store, its pins,
+    /// and the gateway to fetch missing layers from).
+    pub fn with_layers(sandbox: Sandbox, layers: Arc<NodeLayers>) -> SandboxExecutor {
         SandboxExecutor {
-            store: Some(store),
+            layers: Some(layers),
             ..SandboxExecutor::new(sandbox)
         }
     }
@@ -135,17 +164,18 @@ impl SandboxExecutor {
         if let Some(image) = self.builtin.get(name) {
             return Ok(image.clone());
         }
-        let Some(store) = &self.store else {
+        let Some(layers) = &self.layers else {
             return Err(ExecError::UnknownImage(name.to_string()));
         };
         let gone = |why: String| ExecError::ImageGone {
             name: name.to_string(),
             why,
         };
-        let digest = match store.lookup(name) {
-            Ok(Some(digest)) => digest,
-            Ok(None) => return Err(gone("no image of that name".into())),
-            Err(e) => return Err(gone(e.to_string())),
+        let digest = match layers.current(name) {
+            Ok(digest) => digest,
+            Err(LayerError::NotFound(_)) => return Err(gone("no image of that name".into())),
+            Err(LayerError::Store(e)) => return Err(gone(e.to_string())),
+            Err(e) => return Err(e.into()),
         };
         let mut resolved = self.resolved.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((known, image)) = resolved.get(name) {
@@ -153,9 +183,12 @@ impl SandboxExecutor {
                 return Ok(image.clone());
             }
         }
-        let r = store.resolve(name).map_err(|e| gone(e.to_string()))?;
+        let r = layers
+            .store()
+            .resolve(&digest.to_string())
+            .map_err(|e| gone(e.to_string()))?;
         let image = Image {
-            name: r.name,
+            name: name.to_string(),
             layers: r.layers,
             host_binds: Vec::new(),
             env: r.env,
@@ -205,11 +238,25 @@ impl Executor for SandboxExecutor {
         names
     }
 
+    fn prepare_image(&self, image: &ImageRef) -> Result<String, ExecError> {
+        let Some(layers) = &self.layers else {
+            return Err(ExecError::UnknownImage(image.name.clone()));
+        };
+        Ok(layers.ensure_image(image)?.to_string())
+    }
+
+    /// A name pinned in images.lock counts as present even when its layers are not: a pin means
+    /// exactly that digest, so the language is not moved to its next image (the host's); its
+    /// self-test then fails with the pin named, and the language is not offered.
     fn has_image(&self, name: &str) -> bool {
         match self.image(name) {
             Ok(_) => true,
+            Err(e) if self.layers.as_ref().is_some_and(|l| l.is_pinned(name)) => {
+                tracing::warn!(image = name, reason = %e, "pinned image unusable; its languages stay on it");
+                true
+            }
             Err(e) => {
-                if self.store.is_some() && !self.builtin.contains_key(name) {
+                if self.layers.is_some() && !self.builtin.contains_key(name) {
                     tracing::info!(image = name, reason = %e, "image not usable on this node");
                 }
                 false

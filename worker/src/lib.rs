@@ -27,6 +27,8 @@
 //! - `runner`: one job on a blocking thread: compile once, run tests in parallel on free slots.
 //! - [`judge`]: output comparison (`exact`, `trailing_whitespace`, `tokens`, `float`) and verdicts.
 //! - [`executor`]: the [`Executor`] boundary and [`SandboxExecutor`], the real one.
+//! - [`layers`]: the node's image store, images.lock pins, and fetching missing layers from the
+//!   gateway by digest (verified while streaming, once per layer) before a job needs them.
 //! - [`process`]: [`ProcessExecutor`], plain local processes for tests of the service logic.
 //! - [`selftest`]: the languages' start-up version probes.
 //! - [`convert`]: wire limits to sandbox limits, sandbox outcomes to wire results.
@@ -37,6 +39,7 @@
 pub mod convert;
 pub mod executor;
 pub mod judge;
+pub mod layers;
 mod load;
 pub mod metrics;
 pub mod node;
@@ -47,5 +50,6 @@ mod slots;
 
 pub use corral_sandbox::spec::CancelToken;
 pub use executor::{ExecError, ExecRequest, Executor, SandboxExecutor};
+pub use layers::{LayerError, NodeLayers, Remote};
 pub use node::{serve_node, Worker, WorkerConfig, WorkerError};
 pub use process::ProcessExecutor;

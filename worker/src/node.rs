@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use corral_images::language::{Language, LanguageSet};
 use corral_protocol::{
-    CoordinatorMessage, JobEvent, JobId, JobResult, JobSpec, NodeId, NodeStatus, Verdict,
+    CoordinatorMessage, ImageRef, JobEvent, JobId, JobResult, JobSpec, NodeId, NodeStatus, Verdict,
     WorkerMessage,
 };
 use corral_sandbox::spec::CancelToken;
@@ -23,6 +23,7 @@ use tracing::Instrument;
 
 use crate::convert::internal_error;
 use crate::executor::Executor;
+use crate::layers::assigned_language;
 use crate::load::HostLoad;
 use crate::metrics::Metrics;
 use crate::runner::{run_job, Finished, Job};
@@ -154,8 +155,8 @@ impl Worker {
             tokio::select! {
                 message = rx.recv() => match message {
                     None => break,
-                    Some(CoordinatorMessage::Assign { job }) => {
-                        self.assign(shared, job, &mut running, &mut tasks);
+                    Some(CoordinatorMessage::Assign { job, image }) => {
+                        self.assign(shared, job, image, &mut running, &mut tasks);
                     }
                     Some(CoordinatorMessage::Cancel { job }) => {
                         if let Some(token) = running.get(&job) {
@@ -183,6 +184,7 @@ impl Worker {
         &self,
         shared: &Arc<Shared>,
         job: JobSpec,
+        image: Option<ImageRef>,
         running: &mut HashMap<JobId, CancelToken>,
         tasks: &mut JoinSet<JobId>,
     ) {
@@ -209,7 +211,7 @@ impl Worker {
             async move {
                 let task_shared = shared.clone();
                 let joined = tokio::task::spawn_blocking(move || {
-                    execute(&task_shared, &job, &language, &cancel)
+                    execute(&task_shared, &job, &language, image.as_ref(), &cancel)
                 })
                 .await;
                 let finished = joined.unwrap_or_else(|e| Finished {
@@ -247,8 +249,26 @@ pub async fn serve_node(
     worker.serve(tx, rx).await
 }
 
-/// Run one job on this (blocking) thread.
-fn execute(shared: &Shared, spec: &JobSpec, language: &Language, cancel: &CancelToken) -> Finished {
+/// Run one job on this (blocking) thread, on the assigned image when there is one (its missing
+/// layers fetched first; a failure is the job's internal error).
+fn execute(
+    shared: &Shared,
+    spec: &JobSpec,
+    language: &Language,
+    image: Option<&ImageRef>,
+    cancel: &CancelToken,
+) -> Finished {
+    let assigned = image.map(|image| assigned_language(shared.executor.as_ref(), language, image));
+    let assigned = match assigned.transpose() {
+        Ok(assigned) => assigned,
+        Err(why) => {
+            return Finished {
+                result: failed(why),
+                cancelled: false,
+            }
+        }
+    };
+    let language = assigned.as_ref().unwrap_or(language);
     let id = spec.id;
     let out = shared.out.clone();
     let emit = move |event: JobEvent| {

@@ -74,7 +74,11 @@ async fn cancel_kills_a_running_job_and_still_sends_done() -> anyhow::Result<()>
         &[],
     );
     let id = spec.id;
-    node.send(CoordinatorMessage::Assign { job: spec }).await?;
+    node.send(CoordinatorMessage::Assign {
+        job: spec,
+        image: None,
+    })
+    .await?;
     // Wait until the job is running (its first output).
     loop {
         if let WorkerMessage::Event {
@@ -120,7 +124,11 @@ async fn closing_the_coordinator_side_cancels_running_jobs_and_ends() -> anyhow:
     let mut node = start(1).await?;
     let spec = job("python", "main.py", "import time\ntime.sleep(30)\n", &[]);
     let id = spec.id;
-    node.send(CoordinatorMessage::Assign { job: spec }).await?;
+    node.send(CoordinatorMessage::Assign {
+        job: spec,
+        image: None,
+    })
+    .await?;
     loop {
         if let WorkerMessage::Event {
             event: JobEvent::RunStarted { .. },

@@ -1,7 +1,9 @@
 //! Images: size of each stored image, and job start-to-exit latency on a built image against the
-//! host image, interleaved in one run: `/bin/true` (the per-job overlay mount dominates) over the
-//! image's EROFS lowers, over directory copies of the same layers, and on the host image; then a
-//! language's hello world on its image against the host.
+//! host image, interleaved in one run: `/bin/true` over the image's EROFS lowers, over directory
+//! copies of the same layers, and on the host image; then a language's hello world on its image
+//! against the host. Each twice: with the job's root built per job (the per-job overlay mount on
+//! the critical path) and with it prepared ahead, as consecutive jobs of a language find it in the
+//! service.
 //!
 //! `corral image build python` first, then
 //! `cargo run --release -p corral-bench --bin images -- --data-dir ./corral-data --image python`
@@ -51,59 +53,64 @@ fn main() -> anyhow::Result<()> {
         layers: copy_layers(&resolved.layers, &copies)?,
         ..image.clone()
     };
-    let mut config = SandboxConfig::host_defaults()?;
-    config.slots = 1;
-    config.state_dir =
-        std::env::temp_dir().join(format!("corral-bench-images-{}", std::process::id()));
-    config.cgroup_parent = format!("corral-bench-images-{}", std::process::id());
-    config.uid_base = 3_100_000;
-    let sandbox = Sandbox::new(config).context("starting the sandbox (run as root)")?;
-    let host = sandbox.host_image();
-    let true_argv = vec!["/bin/true".to_string()];
+    // Two sandboxes. `cold` has one slot, so consecutive jobs (on different images) never find
+    // their root prepared: each pays building its root. `warm` has a slot per variant; slots are
+    // taken in turn, so each variant keeps its own slot and finds its root prepared, as
+    // consecutive jobs of one language do in the service.
+    let cold = sandbox("cold", 1, 3_100_000)?;
+    let warm = sandbox("warm", 3, 3_200_000)?;
     let result = (|| -> anyhow::Result<()> {
-        let mut on_host = || run(&sandbox, &host, &true_argv);
-        let mut on_erofs = || run(&sandbox, &image, &true_argv);
-        let mut on_dirs = || run(&sandbox, &dir_image, &true_argv);
-        let samples = interleave(
-            &mut [
-                ("host image", &mut on_host),
-                ("image, EROFS lowers", &mut on_erofs),
-                ("image, directory lowers", &mut on_dirs),
-            ],
-            args.warmup,
-            args.rounds,
-        )?;
-        println!(
-            "{}",
-            table(
-                &format!(
-                    "/bin/true: per-job overlay over `{}` ({} layers)",
-                    args.image,
-                    image.layers.len()
-                ),
-                &samples
-            )
-        );
-        let mut on_host = || run(&sandbox, &host, &args.hello);
-        let mut on_image = || run(&sandbox, &image, &args.hello);
-        let samples = interleave(
-            &mut [
-                ("host image", &mut on_host),
-                ("built image (EROFS)", &mut on_image),
-            ],
-            args.warmup,
-            args.rounds,
-        )?;
-        println!(
-            "{}",
-            table(
-                &format!("hello world: `{}`", args.hello.join(" ")),
-                &samples
-            )
-        );
+        let true_argv = vec!["/bin/true".to_string()];
+        for (sandbox, how) in [
+            (&cold, "root built per job"),
+            (&warm, "root prepared ahead"),
+        ] {
+            let host = sandbox.host_image();
+            let mut on_host = || run(sandbox, &host, &true_argv);
+            let mut on_erofs = || run(sandbox, &image, &true_argv);
+            let mut on_dirs = || run(sandbox, &dir_image, &true_argv);
+            let samples = interleave(
+                &mut [
+                    ("host image", &mut on_host),
+                    ("image, EROFS lowers", &mut on_erofs),
+                    ("image, directory lowers", &mut on_dirs),
+                ],
+                args.warmup,
+                args.rounds,
+            )?;
+            let title = format!(
+                "/bin/true, {how}: overlay over `{}` ({} layers)",
+                args.image,
+                image.layers.len()
+            );
+            println!("{}", table(&title, &samples));
+        }
+        for (sandbox, how) in [
+            (&cold, "root built per job"),
+            (&warm, "root prepared ahead"),
+        ] {
+            let host = sandbox.host_image();
+            let mut on_host = || run(sandbox, &host, &args.hello);
+            let mut on_image = || run(sandbox, &image, &args.hello);
+            let samples = interleave(
+                &mut [
+                    ("host image", &mut on_host),
+                    ("built image (EROFS)", &mut on_image),
+                ],
+                args.warmup,
+                args.rounds,
+            )?;
+            let title = format!("hello world, {how}: `{}`", args.hello.join(" "));
+            println!("{}", table(&title, &samples));
+        }
         Ok(())
     })();
     let _ = std::fs::remove_dir_all(&copies);
+    for sandbox in [cold, warm] {
+        let state = sandbox.config().state_dir.clone();
+        drop(sandbox);
+        let _ = std::fs::remove_dir_all(&state);
+    }
     result
 }
 
@@ -120,6 +127,17 @@ fn run(sandbox: &Sandbox, image: &Image, argv: &[String]) -> anyhow::Result<()> 
         image.name
     );
     Ok(())
+}
+
+/// A sandbox of `slots` slots with its own state directory, cgroup parent and uids.
+fn sandbox(name: &str, slots: usize, uid_base: u32) -> anyhow::Result<Sandbox> {
+    let mut config = SandboxConfig::host_defaults()?;
+    config.slots = slots;
+    let id = format!("corral-bench-images-{name}-{}", std::process::id());
+    config.state_dir = std::env::temp_dir().join(&id);
+    config.cgroup_parent = id;
+    config.uid_base = uid_base;
+    Sandbox::new(config).context("starting the sandbox (run as root)")
 }
 
 fn sizes(store: &Store) -> anyhow::Result<String> {

@@ -54,6 +54,34 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
+/// Who may fetch image layers: a worker node (by the node token of [`crate::Config::node_token`])
+/// or any tenant (by its API key, within its rate quota).
+pub enum LayerCaller {
+    /// A node presenting the node token.
+    Node,
+    /// A tenant.
+    Tenant(Tenant),
+}
+
+impl FromRequestParts<AppState> for LayerCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        if let Some(token) = state.config.node_token.as_deref() {
+            // Compared as SHA-256 digests: the time taken says nothing about the token's bytes.
+            if key_hash(bearer_key(parts)?) == key_hash(token) {
+                return Ok(LayerCaller::Node);
+            }
+        }
+        Caller::from_request_parts(parts, state)
+            .await
+            .map(|Caller(tenant)| LayerCaller::Tenant(tenant))
+    }
+}
+
 fn bearer_key(parts: &Parts) -> Result<&str, ApiError> {
     let missing = || {
         ApiError::new(

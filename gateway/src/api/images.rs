@@ -3,9 +3,19 @@
 //!
 //! The gateway knows nothing about images (it depends on the protocol crate only): whoever starts
 //! it may hand it a [`LayerSource`] (`corral serve` passes one over the data directory's image
-//! store). Without one, both routes answer 404. The routes take the same tenant API key as every
-//! other `/v1` route: a layer is a content-addressed toolchain (no tenant data), and asking for one
-//! needs its digest.
+//! store). Without one, both routes answer 404.
+//!
+//! # Who may fetch
+//!
+//! Worker nodes authenticate with the deployment's node token (`Authorization: Bearer TOKEN`,
+//! [`crate::Config::node_token`], `corral serve --node-token` / `CORRAL_NODE_TOKEN`): one shared
+//! secret configured on the gateway and on every node, so a node never holds a tenant's key and
+//! revoking a tenant never cuts a node off. Tenant API keys are accepted too (a layer is a
+//! content-addressed toolchain, no tenant data, and asking for one needs its digest); the node
+//! token opens these two routes only, never a tenant's jobs.
+//!
+//! The same source tells the dispatcher which exact layers a job's image is
+//! ([`LayerSource::image`]), so a node can fetch what it lacks before running the job.
 
 use std::io::Read;
 use std::sync::Arc;
@@ -15,7 +25,9 @@ use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 
-use super::auth::Caller;
+use corral_protocol::ImageRef;
+
+use super::auth::LayerCaller;
 use super::AppState;
 use crate::error::ApiError;
 
@@ -29,6 +41,13 @@ pub trait LayerSource: Send + Sync + 'static {
     fn manifest(&self, digest: &str) -> Result<Option<Vec<u8>>, String>;
     /// The bytes of layer `digest`, exactly what its digest covers; `Ok(None)` if not stored.
     fn open(&self, digest: &str) -> Result<Option<LayerStream>, String>;
+    /// The exact image a job on image `name` runs on (pins applied), `Ok(None)` when this source
+    /// does not know the name (the node then runs the job on its own image of that name). Called
+    /// on a blocking thread for each assignment of a language whose node names an image.
+    fn image(&self, name: &str) -> Result<Option<ImageRef>, String> {
+        let _ = name;
+        Ok(None)
+    }
 }
 
 /// Bytes read from a layer per chunk sent.
@@ -69,7 +88,7 @@ async fn find<T: Send + 'static>(
 /// `GET /v1/images/{digest}/manifest`.
 pub(super) async fn manifest(
     State(state): State<AppState>,
-    _caller: Caller,
+    _caller: LayerCaller,
     Path(digest): Path<String>,
 ) -> Result<Response, ApiError> {
     let json = find(&state, &digest, |source, digest| source.manifest(digest)).await?;
@@ -79,7 +98,7 @@ pub(super) async fn manifest(
 /// `GET /v1/images/{digest}`: the layer's bytes, streamed from a blocking reader.
 pub(super) async fn layer(
     State(state): State<AppState>,
-    _caller: Caller,
+    _caller: LayerCaller,
     Path(digest): Path<String>,
 ) -> Result<Response, ApiError> {
     let (reader, len) = find(&state, &digest, |source, digest| source.open(digest)).await?;

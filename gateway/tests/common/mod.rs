@@ -229,7 +229,7 @@ async fn fake_node(
     let mut hanging: Vec<JobSpec> = Vec::new();
     while let Some(msg) = rx.recv().await {
         match msg {
-            CoordinatorMessage::Assign { job } => {
+            CoordinatorMessage::Assign { job, .. } => {
                 log.lock().unwrap().assigned.push(job.clone());
                 let source = String::from_utf8_lossy(&job.files[0].content.0).to_string();
                 if source.contains("hang") {

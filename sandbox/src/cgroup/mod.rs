@@ -239,9 +239,6 @@ pub trait SlotCgroup: Send + Sync {
     /// Files a process writes "0" to in order to join the cgroup itself (v1 `tasks`, which is
     /// cheaper for a single-threaded process, or v2 `cgroup.procs`).
     fn self_attach_files(&self) -> Vec<PathBuf>;
-    /// The files that move the calling process back into the cgroups it is in now, one per entry
-    /// of [`SlotCgroup::self_attach_files`].
-    fn home_attach_files(&self) -> Result<Vec<PathBuf>, CgroupError>;
     /// Start a new peak-memory measurement.
     fn reset_peak(&self) -> Result<(), CgroupError>;
     /// Cumulative CPU time of the cgroup, in nanoseconds (cheap: polled while a job runs).
@@ -258,20 +255,40 @@ pub trait SlotCgroup: Send + Sync {
     fn remove(&self) -> Result<(), CgroupError>;
 }
 
-/// Which cgroup version this host offers: v2 when the unified hierarchy has the memory and pids
-/// controllers, else v1 when memory, pids, cpuacct and freezer are mounted.
-pub fn detect() -> Result<Version, CgroupError> {
-    Ok(mounts::Layout::probe(None)?.version())
-}
+/// The cgroup hierarchies of this host, read once from `/proc/self/mountinfo`: v2 when the
+/// unified hierarchy has the memory and pids controllers, else v1 when memory, pids, cpuacct and
+/// freezer are mounted.
+#[derive(Debug, Clone)]
+pub struct Hierarchies(mounts::Layout);
 
-/// Open (creating as needed) the cgroup `<parent>/<slot>` in the hierarchies of `version`.
-pub fn open_slot(
-    version: Version,
-    parent: &str,
-    slot: &str,
-) -> Result<Box<dyn SlotCgroup>, CgroupError> {
-    let layout = mounts::Layout::probe(Some(version))?;
-    open_in(&layout, parent, slot)
+impl Hierarchies {
+    /// Probe this host's hierarchies.
+    pub fn probe() -> Result<Hierarchies, CgroupError> {
+        mounts::Layout::probe(None).map(Hierarchies)
+    }
+
+    /// Which version they are.
+    pub fn version(&self) -> Version {
+        self.0.version()
+    }
+
+    /// Open (creating as needed) the cgroup `<parent>/<slot>`.
+    pub fn open_slot(&self, parent: &str, slot: &str) -> Result<Box<dyn SlotCgroup>, CgroupError> {
+        open_in(&self.0, parent, slot)
+    }
+
+    /// Remove the cgroups under `<parent>` that a crashed process left behind. Each child cgroup's
+    /// name is passed to `claim`; only when it returns a guard (a lease on that slot, proving no
+    /// live process uses it) is the cgroup emptied and removed, while the guard is held. Failures
+    /// are logged and skipped: a leftover must not stop the sandbox from starting. Returns how
+    /// many cgroups were removed.
+    pub fn sweep<G>(
+        &self,
+        parent: &str,
+        claim: impl FnMut(&str) -> Option<G>,
+    ) -> Result<usize, CgroupError> {
+        sweep_in(&self.0, parent, claim)
+    }
 }
 
 fn open_in(
@@ -296,20 +313,6 @@ fn open_in(
             other => return other,
         }
     }
-}
-
-/// Remove the cgroups under `<parent>` that a crashed process left behind. Each child cgroup's
-/// name is passed to `claim`; only when it returns a guard (a lease on that slot, proving no live
-/// process uses it) is the cgroup emptied and removed, while the guard is held. Failures are
-/// logged and skipped: a leftover must not stop the sandbox from starting. Returns how many
-/// cgroups were removed.
-pub fn sweep<G>(
-    version: Version,
-    parent: &str,
-    claim: impl FnMut(&str) -> Option<G>,
-) -> Result<usize, CgroupError> {
-    let layout = mounts::Layout::probe(Some(version))?;
-    sweep_in(&layout, parent, claim)
 }
 
 fn sweep_in<G>(

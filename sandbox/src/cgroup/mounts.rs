@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use super::{files, CgroupError, Version};
 
 const MOUNTINFO: &str = "/proc/self/mountinfo";
-const PROC_CGROUP: &str = "/proc/self/cgroup";
 
 /// One mounted cgroup hierarchy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,22 +25,6 @@ pub(super) struct CgroupMount {
 impl CgroupMount {
     fn has(&self, controller: &str) -> bool {
         self.options.iter().any(|o| o == controller)
-    }
-
-    /// The directory of this process's cgroup in this hierarchy, from `/proc/self/cgroup` text
-    /// (`id:controllers:path` lines; v2 is the `0::path` line).
-    pub fn own_dir(&self, proc_cgroup: &str) -> Option<PathBuf> {
-        proc_cgroup.lines().find_map(|line| {
-            let mut parts = line.splitn(3, ':');
-            let (id, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-            let ours = if self.unified {
-                id == "0" && controllers.is_empty()
-            } else {
-                controllers.split(',').any(|c| !c.is_empty() && self.has(c))
-            };
-            let rel = Path::new(path).strip_prefix(&self.root).ok()?;
-            ours.then(|| self.point.join(rel))
-        })
     }
 }
 
@@ -183,36 +166,6 @@ impl Layout {
         names.dedup();
         Ok(names)
     }
-}
-
-/// This process's `/proc/self/cgroup`.
-pub(super) fn proc_self_cgroup() -> Result<String, CgroupError> {
-    std::fs::read_to_string(PROC_CGROUP).map_err(|source| CgroupError::ReadMounts {
-        path: PROC_CGROUP.into(),
-        source,
-    })
-}
-
-/// `<own cgroup dir>/<file>` for each mount, from `/proc/self/cgroup` text.
-pub(super) fn home_files(
-    proc_cgroup: &str,
-    mounts: &[&CgroupMount],
-    file: &str,
-) -> Result<Vec<PathBuf>, CgroupError> {
-    mounts
-        .iter()
-        .map(|m| {
-            m.own_dir(proc_cgroup)
-                .map(|dir| dir.join(file))
-                .ok_or_else(|| CgroupError::ReadMounts {
-                    path: PROC_CGROUP.into(),
-                    source: std::io::Error::other(format!(
-                        "no entry for the hierarchy mounted at {}",
-                        m.point.display()
-                    )),
-                })
-        })
-        .collect()
 }
 
 fn usable_v2(mounts: &[CgroupMount]) -> Result<CgroupMount, String> {

@@ -197,53 +197,6 @@ fn mountinfo_escapes_and_mount_roots_are_honoured() {
     let m = &mounts[0];
     assert_eq!(m.point, Path::new("/sys/fs/cgroup/my mem"));
     assert_eq!(m.root, Path::new("/lxc/box"));
-    let own = "4:memory:/lxc/box/job\n0::/\n";
-    assert_eq!(
-        m.own_dir(own).unwrap(),
-        Path::new("/sys/fs/cgroup/my mem/job")
-    );
-    assert_eq!(m.own_dir("4:memory:/elsewhere\n"), None);
-}
-
-#[test]
-fn home_files_come_from_proc_self_cgroup_for_both_layouts() {
-    let split = mounts::parse_mountinfo(MOUNTINFO_V1_SPLIT, Path::new("/"));
-    let own = "9:name=systemd:/\n4:memory:/process_api/3ba7\n2:cpuacct:/\n1:cpu:/\n0::/\n";
-    let memory = split.iter().find(|m| m.point.ends_with("memory")).unwrap();
-    let unified = split.iter().find(|m| m.unified).unwrap();
-    let homes = mounts::home_files(own, &[memory, unified], "tasks").unwrap();
-    assert_eq!(
-        homes[0],
-        Path::new("/sys/fs/cgroup/memory/process_api/3ba7/tasks")
-    );
-    assert_eq!(homes[1], Path::new("/sys/fs/cgroup/unified/tasks"));
-
-    let combined = mounts::parse_mountinfo(MOUNTINFO_V1_COMBINED, Path::new("/"));
-    let cpu = combined
-        .iter()
-        .find(|m| m.point.ends_with("cpu,cpuacct"))
-        .unwrap();
-    let own = "4:cpu,cpuacct:/user.slice\n0::/user.slice\n";
-    let homes = mounts::home_files(own, &[cpu], "tasks").unwrap();
-    assert_eq!(
-        homes,
-        [Path::new("/sys/fs/cgroup/cpu,cpuacct/user.slice/tasks")]
-    );
-    let freezer = combined
-        .iter()
-        .find(|m| m.point.ends_with("freezer"))
-        .unwrap();
-    assert!(mounts::home_files(own, &[freezer], "tasks").is_err());
-
-    let v2 = mounts::parse_mountinfo(MOUNTINFO_V2, Path::new("/"));
-    let own = "0::/system.slice/corral.service\n";
-    let homes = mounts::home_files(own, &[&v2[0]], "cgroup.procs").unwrap();
-    assert_eq!(
-        homes,
-        [Path::new(
-            "/sys/fs/cgroup/system.slice/corral.service/cgroup.procs"
-        )]
-    );
 }
 
 #[test]

@@ -31,7 +31,7 @@ fn leftovers(parent: &str) -> Vec<PathBuf> {
 /// Removes the test's parent cgroups (and kills what is left in the slots) even when a test fails.
 struct Parent {
     name: String,
-    version: Version,
+    hierarchies: Hierarchies,
     children: Vec<Child>,
 }
 
@@ -40,13 +40,13 @@ impl Parent {
         require_root();
         Parent {
             name: format!("corral-test-{}{suffix}", std::process::id()),
-            version: detect().unwrap(),
+            hierarchies: Hierarchies::probe().unwrap(),
             children: Vec::new(),
         }
     }
 
     fn open(&self, slot: &str) -> Box<dyn SlotCgroup> {
-        open_slot(self.version, &self.name, slot).unwrap()
+        self.hierarchies.open_slot(&self.name, slot).unwrap()
     }
 
     /// A shell, moved into `cg`, that runs `script` once it reads a line (so everything the script
@@ -162,11 +162,13 @@ fn sweep_removes_unclaimed_leftovers_only() {
     let pid = parent.start_in(&*leftover, "exec sleep 100");
     wait_for("the leftover's sleep", || leftover.pids().unwrap() == [pid]);
     let mut claimed = Vec::new();
-    let removed = sweep(parent.version, &parent.name, |name| {
-        claimed.push(name.to_string());
-        (name == "slot-1").then_some(())
-    })
-    .unwrap();
+    let removed = parent
+        .hierarchies
+        .sweep(&parent.name, |name| {
+            claimed.push(name.to_string());
+            (name == "slot-1").then_some(())
+        })
+        .unwrap();
     assert_eq!(removed, 1);
     assert_eq!(claimed, ["slot-0", "slot-1"]);
     assert_eq!(

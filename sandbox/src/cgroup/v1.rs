@@ -13,7 +13,7 @@ use cgroups_rs::fs::{Controller, MaxValue};
 use cgroups_rs::FreezerState;
 
 use super::kill::{freeze_and_kill, Freezable};
-use super::mounts::{self, CgroupMount, V1Mounts};
+use super::mounts::{CgroupMount, V1Mounts};
 use super::{files, AppliedLimits, CgroupError, CgroupLimits, CpuQuota, SlotCgroup, Usage};
 
 /// A slot cgroup on v1.
@@ -172,11 +172,6 @@ impl SlotCgroup for V1Slot {
 
     fn self_attach_files(&self) -> Vec<PathBuf> {
         self.dirs.iter().map(|(_, dir)| dir.join("tasks")).collect()
-    }
-
-    fn home_attach_files(&self) -> Result<Vec<PathBuf>, CgroupError> {
-        let mounts: Vec<&CgroupMount> = self.dirs.iter().map(|(m, _)| m).collect();
-        mounts::home_files(&mounts::proc_self_cgroup()?, &mounts, "tasks")
     }
 
     fn reset_peak(&self) -> Result<(), CgroupError> {

@@ -15,7 +15,7 @@ use cgroups_rs::fs::pid::PidController;
 use cgroups_rs::fs::MaxValue;
 
 use super::files::{self, poll_until};
-use super::mounts::{self, CgroupMount};
+use super::mounts::CgroupMount;
 use super::{AppliedLimits, CgroupError, CgroupLimits, SlotCgroup, Usage};
 
 /// How often `cgroup.kill` is written again while waiting for the cgroup to empty.
@@ -23,7 +23,6 @@ const KILL_ROUND: Duration = Duration::from_millis(100);
 
 /// A slot cgroup on v2.
 pub(super) struct V2Slot {
-    mount: CgroupMount,
     dir: PathBuf,
     memory: MemController,
     /// `memory.swap.max` exists, so swap can be forbidden (RAM + swap = the memory limit).
@@ -86,7 +85,6 @@ impl V2Slot {
                 lifetime_at_reset: 0,
                 sampled: 0,
             }),
-            mount: mount.clone(),
             dir,
             applied: AppliedLimits::default(),
             kill_timeout,
@@ -251,10 +249,6 @@ impl SlotCgroup for V2Slot {
 
     fn self_attach_files(&self) -> Vec<PathBuf> {
         vec![self.file("cgroup.procs")]
-    }
-
-    fn home_attach_files(&self) -> Result<Vec<PathBuf>, CgroupError> {
-        mounts::home_files(&mounts::proc_self_cgroup()?, &[&self.mount], "cgroup.procs")
     }
 
     fn reset_peak(&self) -> Result<(), CgroupError> {

@@ -107,7 +107,11 @@ impl Node {
     /// Assign `spec` and collect what the worker says until its `Done`.
     pub async fn run(&mut self, spec: JobSpec) -> anyhow::Result<Job> {
         let id = spec.id;
-        self.send(CoordinatorMessage::Assign { job: spec }).await?;
+        self.send(CoordinatorMessage::Assign {
+            job: spec,
+            image: None,
+        })
+        .await?;
         self.collect(id).await
     }
 
