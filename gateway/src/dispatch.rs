@@ -526,7 +526,7 @@ impl State {
                 cancel_requested: false,
             },
         );
-        let image = self.image_for(node, &started.spec.language).await;
+        let image = self.image_for(node, &started.spec.language);
         let Some(n) = self.nodes.get_mut(&node) else {
             return Ok(());
         };
@@ -549,8 +549,8 @@ impl State {
 
     /// The exact image `node` runs `language` on, when the node names one and the layer source
     /// knows it; `None` otherwise (the node then uses its own image of that name, never another).
-    async fn image_for(&self, node: u64, language: &str) -> Option<ImageRef> {
-        let source = self.layers.clone()?;
+    fn image_for(&self, node: u64, language: &str) -> Option<ImageRef> {
+        let source = self.layers.as_ref()?;
         let name = self
             .nodes
             .get(&node)?
@@ -559,15 +559,12 @@ impl State {
             .find(|l| l.id == language)?
             .image
             .clone()?;
-        let resolved = tokio::task::spawn_blocking(move || source.image(&name)).await;
-        match resolved {
-            Ok(Ok(image)) => image,
-            Ok(Err(e)) => {
-                tracing::error!(language, error = %e, "resolving a job's image; assigned without one");
-                None
-            }
+        // Inline rather than on the blocking pool: a name lookup is one small file read in the
+        // store (chains are cached), cheaper than the hand-off, and it runs once per assignment.
+        match source.image(&name) {
+            Ok(image) => image,
             Err(e) => {
-                tracing::error!(language, error = %e, "resolving a job's image panicked");
+                tracing::error!(language, error = %e, "resolving a job's image; assigned without one");
                 None
             }
         }

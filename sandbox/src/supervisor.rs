@@ -288,6 +288,9 @@ struct Pumper<'a> {
     report: Vec<u8>,
     kill: Option<Kill>,
     exited: Option<Instant>,
+    /// When the cgroup's CPU counter is read next: every [`CPU_POLL`], not on every wake-up for
+    /// output (a job that prints a lot would otherwise cost a cgroup file read per chunk).
+    next_cpu_check: Instant,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -308,6 +311,7 @@ fn pump(
         limits,
         cancel,
         started,
+        next_cpu_check: started + CPU_POLL,
         stdin_bytes,
         stdin_off: 0,
         stdout: Pump {
@@ -382,8 +386,11 @@ impl Pumper<'_> {
             self.kill_for(Kill::Cancel);
         } else if now.duration_since(self.started) >= self.limits.wall_time {
             self.kill_for(Kill::Wall);
-        } else if cpu_used().map_err(Error::Cgroup)? > self.limits.cpu_time.as_nanos() as u64 {
-            self.kill_for(Kill::Cpu);
+        } else if now >= self.next_cpu_check {
+            self.next_cpu_check = now + CPU_POLL;
+            if cpu_used().map_err(Error::Cgroup)? > self.limits.cpu_time.as_nanos() as u64 {
+                self.kill_for(Kill::Cpu);
+            }
         }
         Ok(true)
     }
@@ -391,10 +398,15 @@ impl Pumper<'_> {
     /// Sleep in poll(2) until a pipe or PID 1 is ready, or the next CPU check is due.
     fn wait_ready(&mut self) -> Result<(), Error> {
         let wall_left = self.limits.wall_time.saturating_sub(self.started.elapsed());
+        // Rounded up by a millisecond: poll(2) counts whole milliseconds, and waking a little
+        // early would skip the CPU check it woke for.
+        let cpu_due = self
+            .next_cpu_check
+            .saturating_duration_since(Instant::now());
         let timeout = if self.exited.is_some() {
             CPU_POLL
         } else {
-            CPU_POLL.min(wall_left + Duration::from_millis(1))
+            cpu_due.min(wall_left) + Duration::from_millis(1)
         };
         let mut set = PollSet::default();
         set.add(self.ends.stdout.as_ref(), PollFlags::POLLIN);

@@ -43,7 +43,8 @@ pub trait LayerSource: Send + Sync + 'static {
     fn open(&self, digest: &str) -> Result<Option<LayerStream>, String>;
     /// The exact image a job on image `name` runs on (pins applied), `Ok(None)` when this source
     /// does not know the name (the node then runs the job on its own image of that name). Called
-    /// on a blocking thread for each assignment of a language whose node names an image.
+    /// on the dispatcher's task for each assignment of a language whose node names an image: it
+    /// must be quick (local reads, no network).
     fn image(&self, name: &str) -> Result<Option<ImageRef>, String> {
         let _ = name;
         Ok(None)
