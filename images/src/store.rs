@@ -149,24 +149,28 @@ pub fn check_name(name: &str) -> Result<(), StoreError> {
 pub struct Store {
     /// `<data-dir>/images`, absolute.
     root: PathBuf,
-    /// Format for new layers.
-    format: LayerFormat,
+    /// Format for new layers, worked out on first use: finding out whether EROFS is usable runs
+    /// `mkfs.erofs`, which a store opened only to read images (`corral sandbox run --image`) never
+    /// needs.
+    format: std::sync::OnceLock<LayerFormat>,
 }
 
 impl Store {
     /// Open (creating if needed) the store under `data_dir`; new layers are EROFS when this node
     /// supports it, else directories.
     pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
-        let format = if layer::erofs_available() {
-            LayerFormat::Erofs
-        } else {
-            LayerFormat::Dir
-        };
-        Store::open_with_format(data_dir, format)
+        Store::open_in(data_dir, std::sync::OnceLock::new())
     }
 
     /// Open the store, writing new layers in `format`.
     pub fn open_with_format(data_dir: &Path, format: LayerFormat) -> Result<Store, StoreError> {
+        Store::open_in(data_dir, std::sync::OnceLock::from(format))
+    }
+
+    fn open_in(
+        data_dir: &Path,
+        format: std::sync::OnceLock<LayerFormat>,
+    ) -> Result<Store, StoreError> {
         std::fs::create_dir_all(data_dir).map_err(io_err("creating data directory", data_dir))?;
         let data_dir = std::fs::canonicalize(data_dir).map_err(io_err("resolving", data_dir))?;
         let root = data_dir.join("images");
@@ -184,7 +188,13 @@ impl Store {
 
     /// The format new layers are written in.
     pub fn format(&self) -> LayerFormat {
-        self.format
+        *self.format.get_or_init(|| {
+            if layer::erofs_available() {
+                LayerFormat::Erofs
+            } else {
+                LayerFormat::Dir
+            }
+        })
     }
 
     /// A fresh directory under `images/tmp/` for a build or import; removed when dropped.
@@ -379,7 +389,7 @@ impl Store {
     ) -> Result<Manifest, StoreError> {
         check_name(name)?;
         let staging = self.staging()?;
-        let (digest, size, staged) = match self.format {
+        let (digest, size, staged) = match self.format() {
             LayerFormat::Erofs => {
                 let file = staging.path().join("layer.erofs");
                 layer::make_erofs(dir, &file)?;
@@ -398,10 +408,10 @@ impl Store {
         };
         meta.name = name.to_string();
         meta.digest = digest.clone();
-        meta.format = self.format;
+        meta.format = self.format();
         meta.size = size;
         let _lock = self.lock()?;
-        let dest = self.layer_path(&digest, self.format);
+        let dest = self.layer_path(&digest, self.format());
         if !dest.exists() {
             std::fs::rename(&staged, &dest).map_err(io_err("moving layer into", &dest))?;
             sync_dir(&self.root.join("layers"))?;
