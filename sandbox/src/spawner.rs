@@ -91,6 +91,13 @@ fn serve(sock: &mut UnixStream) -> std::io::Result<()> {
     // CAP_SYS_RESOURCE, which some hosts withhold even from root; the job raises its own score to the
     // maximum anyway (see `job`), so it is the victim either way.
     let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");
+    // The spawner never executes anything, so it needs no capability an execve could grant; every
+    // PID 1 and job cloned from it inherits the empty bounding set (a job in a user namespace of
+    // its own gets a full one there, and drops it itself).
+    if let Err(e) = sys::drop_bounding_set() {
+        let error = format!("dropping the capability bounding set: {e}");
+        return send_frame(sock, &SpawnerMsg::Failed { error }, &[], &[]);
+    }
     // Built once here, inherited by every PID 1 and job cloned from this process.
     if let Err(e) = crate::seccomp::filter() {
         let error = e.to_string();
