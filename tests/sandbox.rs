@@ -327,6 +327,45 @@ fn memory_limit_wins_over_a_later_time_limit() {
     assert_eq!(o.limit, None, "{}", show(&o));
 }
 
+/// A job goes to a free slot whose prepared root fits it (same image, disk size and network), not
+/// just to the one free longest, so jobs of two kinds interleaved keep finding their roots ready.
+#[test]
+fn a_job_takes_the_free_slot_prepared_for_its_root() {
+    let s = common::sandbox();
+    let prepared = || -> Vec<(usize, Option<u32>)> {
+        let slots = s.sandbox.idle_slots();
+        slots
+            .iter()
+            .map(|slot| (slot.index, slot.prepared_pid))
+            .collect()
+    };
+    // Run a job with this disk size; the slot it ran on (the one whose prepared PID 1 changed).
+    let run_on = |disk_bytes: u64| -> usize {
+        let before = prepared();
+        let limits = Limits {
+            disk_bytes,
+            ..Limits::default()
+        };
+        let o = s.run(s.spec(&["true"], limits));
+        assert_eq!(o.status, Status::Ok, "{}", show(&o));
+        let after = prepared();
+        let used: Vec<usize> = before
+            .iter()
+            .zip(&after)
+            .filter(|(b, a)| b.1 != a.1)
+            .map(|(b, _)| b.0)
+            .collect();
+        assert_eq!(used.len(), 1, "{before:?} -> {after:?}");
+        used[0]
+    };
+    let first = run_on(32 * MIB);
+    let second = run_on(16 * MIB);
+    assert_ne!(first, second, "two jobs in turn use both slots");
+    // The slot free longest is now the 32 MiB one; a 16 MiB job takes the other.
+    assert_eq!(run_on(16 * MIB), second);
+    assert_eq!(run_on(32 * MIB), first);
+}
+
 #[test]
 fn process_limit() {
     let s = common::sandbox();

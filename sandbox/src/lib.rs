@@ -270,11 +270,11 @@ impl Sandbox {
         on_output: &mut dyn FnMut(StreamKind, &[u8]),
     ) -> Result<Outcome, Error> {
         validate(&spec)?;
-        let mut slot = self.take_slot();
-        let mut req = request(&spec, &slot, self.config.require_landlock);
-        if self.config.user_namespace {
-            req.userns_root = Some(self.config.uid_base + (MAX_SLOTS + slot.index) as u32);
-        }
+        let mut slot = self.take_slot(|slot| {
+            slot.prepared_key()
+                .is_some_and(|key| *key == self.request(&spec, slot).root_key())
+        });
+        let req = self.request(&spec, &slot);
         let result = supervisor::run(&mut slot, &self.config.helper, req, spec, on_output);
         self.free
             .lock()
@@ -284,13 +284,30 @@ impl Sandbox {
         result
     }
 
-    fn take_slot(&self) -> Slot {
+    /// The job's request on `slot`.
+    fn request(&self, spec: &Spec, slot: &Slot) -> wire::JobRequest {
+        let mut req = request(spec, slot, self.config.require_landlock);
+        if self.config.user_namespace {
+            req.userns_root = Some(self.config.uid_base + (MAX_SLOTS + slot.index) as u32);
+        }
+        req
+    }
+
+    /// A free slot, waiting for one if all are busy: the oldest-returned one whose prepared root
+    /// `fits`, else the oldest-returned. Oldest first: consecutive jobs rotate over the slots, so
+    /// each slot's last PID 1 has the other slots' jobs' time to finish tearing down; a fitting
+    /// root first: a job of another image (or disk size, or network) would have that slot's
+    /// prepared root thrown away and build its own while it waits.
+    fn take_slot(&self, fits: impl Fn(&Slot) -> bool) -> Slot {
         let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            // Oldest-returned first: consecutive jobs rotate over the slots, so each slot's last
-            // PID 1 has the other slots' jobs' time to finish tearing down.
             if !free.is_empty() {
-                return free.remove(0);
+                let at = if free.len() > 1 {
+                    free.iter().position(&fits).unwrap_or(0)
+                } else {
+                    0
+                };
+                return free.remove(at);
             }
             free = self.available.wait(free).unwrap_or_else(|p| p.into_inner());
         }

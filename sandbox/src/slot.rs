@@ -10,7 +10,7 @@ use crate::cgroup::SlotCgroup;
 use crate::init::InitFds;
 use crate::lease::Lease;
 use crate::spawner::{SOCKET_FD, SPAWNER_ARG};
-use crate::wire::{recv_frame, send_frame, JobRequest, SpawnerMsg, SpawnerSetup};
+use crate::wire::{recv_frame, send_frame, JobRequest, RootKey, SpawnerMsg, SpawnerSetup};
 use crate::{sys, Error, Helper};
 
 /// The spawner process of a slot and the socket to it.
@@ -114,6 +114,8 @@ pub(crate) struct Slot {
     /// PID 1 of the last job when it has reported but not yet been reaped (its namespaces may
     /// still be tearing down). Collected by [`Slot::settle`] before the slot's next job.
     pending: Option<Launched>,
+    /// Root key of the slot's last job: the root its spawner prepares next (see `spawner`).
+    last_key: Option<RootKey>,
     /// Held for the slot's lifetime: no other process uses this index, uid or cgroup meanwhile.
     _lease: Lease,
 }
@@ -133,6 +135,7 @@ impl Slot {
             spawner: None,
             netns,
             pending: None,
+            last_key: None,
             _lease: lease,
         })
     }
@@ -255,6 +258,7 @@ impl Slot {
         if *helper == Helper::InProcess {
             return self.launch_in_process(req, blobs, fds).map_err(spawner_err);
         }
+        self.last_key = Some(req.root_key());
         let spawner = self.spawner(helper)?;
         send_frame(&mut spawner.sock, req, blob_refs, &fds)
             .map_err(|e| spawner_err(format!("send: {e}")))?;
@@ -340,6 +344,14 @@ impl Slot {
     /// The PID 1 the spawner prepared for the next job, if any.
     pub fn prepared_pid(&self) -> Option<u32> {
         self.spawner.as_ref().and_then(|s| s.prepared)
+    }
+
+    /// The root the slot's next job finds prepared: its last job's, once that job's PID 1 has
+    /// reported (the spawner then builds the next one like it). A guess, good enough to choose
+    /// a slot by: if building it failed, the next job builds its own.
+    pub fn prepared_key(&self) -> Option<&RootKey> {
+        let prepared = self.pending.is_some() || self.prepared_pid().is_some();
+        self.last_key.as_ref().filter(|_| prepared)
     }
 
     /// Remember a reported job's PID 1, to be reaped by [`Slot::settle`].
