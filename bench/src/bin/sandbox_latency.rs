@@ -39,11 +39,18 @@ fn main() -> anyhow::Result<()> {
     config.state_dir = std::env::temp_dir().join(format!("corral-bench-{}", std::process::id()));
     config.cgroup_parent = format!("corral-bench-{}", std::process::id());
     config.uid_base = 3_000_000;
+    let state = config.state_dir.clone();
     let sandbox = Arc::new(Sandbox::new(config).context("starting the sandbox (run as root)")?);
-    println!("{}", in_process(&sandbox, &args)?);
-    println!("{}", whole_command(&args)?);
-    println!("{}", throughput(&sandbox, &args)?);
-    Ok(())
+    let result = (|| -> anyhow::Result<()> {
+        println!("{}", in_process(&sandbox, &args)?);
+        println!("{}", whole_command(&args)?);
+        println!("{}", throughput(&sandbox, &args)?);
+        Ok(())
+    })();
+    // The sandbox removes its cgroups and mounts when dropped; its state directory is ours.
+    drop(sandbox);
+    let _ = std::fs::remove_dir_all(&state);
+    result
 }
 
 fn true_spec(sandbox: &Sandbox) -> Spec {
