@@ -21,6 +21,7 @@ mod support;
 use std::sync::Arc;
 
 use anyhow::{ensure, Context};
+use common::http::call;
 use corral_images::digest::Digest;
 use corral_images::lock::Lock;
 use corral_images::serve::LayerServer;
@@ -28,7 +29,7 @@ use corral_images::store::Store;
 use corral_protocol::ImageRef;
 use corral_worker::{LayerError, NodeLayers, Remote};
 use serde_json::json;
-use support::{call, import_probe, snapshot, start_gateway, start_node, Fake, TOKEN};
+use support::{import_probe, snapshot, start_gateway, start_node, Fake, TOKEN};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_with_an_empty_store_fetches_layers_from_the_gateway_and_runs_jobs_on_them(

@@ -10,6 +10,8 @@
 //! `refs/` are copies, so removing a name here never touches the cache; its layers are mounted
 //! under the data directory's own `images/mnt/` and unmounted at the end.
 
+#[path = "common/http.rs"]
+mod http;
 // Shared with tests/service.rs; this test uses part of it.
 #[allow(dead_code)]
 #[path = "service/server.rs"]

@@ -2,6 +2,8 @@
 //! runs as root), driven over HTTP and with `corral submit`: a python hello world with
 //! `?wait=true`, a C judge job with tests, a cancel, and a `kill -9` in the middle of a job.
 
+#[path = "common/http.rs"]
+mod http;
 #[path = "service/server.rs"]
 mod server;
 

@@ -10,11 +10,13 @@
 //!   ([`SandboxConfig::user_namespace`]), so the same suites cover both modes.
 //! - [`compile_c`]: a static binary from C source, cached per test binary.
 //! - [`oci`]: small OCI layout tarballs made by the tests.
+//! - [`http::call`]: one request to a gateway over a real connection.
 //! - [`checks::HostSnapshot`] and [`checks::after_checks`]: what HOSTILE.md asks after every hostile job.
 #![allow(dead_code)]
 
 pub mod checks;
 pub mod cli;
+pub mod http;
 pub mod oci;
 
 use std::collections::HashMap;

@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
-use axum::body::Bytes;
 use corral_gateway::tenants::{create_tenant, DEFAULT_QUOTA};
 use corral_gateway::{Config, Gateway, LayerSource, LayerStream, SqliteStore};
 use corral_images::digest::Digest;
@@ -23,10 +22,6 @@ use corral_images::store::{Manifest, Store};
 use corral_protocol::{CoordinatorMessage, ImageRef, WorkerMessage};
 use corral_sandbox::{Helper, SandboxConfig};
 use corral_worker::{serve_node, NodeLayers, Remote, SandboxExecutor, Worker, WorkerConfig};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use serde_json::Value;
 use tokio::sync::mpsc;
 
 use super::common;
@@ -202,37 +197,6 @@ pub async fn start_gateway() -> anyhow::Result<Gw> {
     })
 }
 
-/// A request to the gateway: (status, JSON body or null).
-pub async fn call(
-    base: &str,
-    method: &str,
-    path: &str,
-    key: Option<&str>,
-    body: Option<&Value>,
-) -> anyhow::Result<(u16, Value)> {
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let mut req = axum::http::Request::builder()
-        .method(method)
-        .uri(format!("{base}{path}"));
-    if let Some(key) = key {
-        req = req.header("authorization", format!("Bearer {key}"));
-    }
-    let payload = match body {
-        Some(b) => {
-            req = req.header("content-type", "application/json");
-            Bytes::from(b.to_string())
-        }
-        None => Bytes::new(),
-    };
-    let response = client.request(req.body(Full::new(payload))?).await?;
-    let status = response.status().as_u16();
-    let bytes = response.into_body().collect().await?.to_bytes();
-    Ok((
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    ))
-}
-
 /// A worker node on the real sandbox, connected to a gateway through a relay.
 pub struct TestNode {
     /// The node's image store, pins and remote.
@@ -353,7 +317,8 @@ impl TestNode {
     async fn offered(&self, gw: &Gw) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
-            let (_, doc) = call(&gw.url, "GET", "/v1/languages", Some(&gw.key), None).await?;
+            let (_, doc) =
+                common::http::call(&gw.url, "GET", "/v1/languages", Some(&gw.key), None).await?;
             let languages = doc["languages"].as_array().into_iter().flatten();
             if languages.clone().any(|l| l["id"] == "probe") {
                 return Ok(());

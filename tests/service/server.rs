@@ -105,7 +105,8 @@ impl Server {
         self.url = url.to_string();
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let ready = runtime().block_on(request(&self.url, "GET", "/readyz", None, None));
+            let ready =
+                runtime().block_on(crate::http::call(&self.url, "GET", "/readyz", None, None));
             if matches!(ready, Ok((200, _))) {
                 return Ok(());
             }
@@ -150,7 +151,13 @@ impl Server {
         path: &str,
         body: Option<&Value>,
     ) -> anyhow::Result<(u16, Value)> {
-        runtime().block_on(request(&self.url, method, path, Some(&self.key), body))
+        runtime().block_on(crate::http::call(
+            &self.url,
+            method,
+            path,
+            Some(&self.key),
+            body,
+        ))
     }
 
     /// Polls a job until it is final.
@@ -201,39 +208,9 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("a tokio runtime")
 }
 
-async fn request(
-    base: &str,
-    method: &str,
-    path: &str,
-    key: Option<&str>,
-    body: Option<&Value>,
-) -> anyhow::Result<(u16, Value)> {
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let mut req = axum::http::Request::builder()
-        .method(method)
-        .uri(format!("{base}{path}"));
-    if let Some(key) = key {
-        req = req.header("authorization", format!("Bearer {key}"));
-    }
-    let payload = match body {
-        Some(b) => {
-            req = req.header("content-type", "application/json");
-            Bytes::from(b.to_string())
-        }
-        None => Bytes::new(),
-    };
-    let response = client.request(req.body(Full::new(payload))?).await?;
-    let status = response.status().as_u16();
-    let bytes = response.into_body().collect().await?.to_bytes();
-    Ok((
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    ))
-}
-
 /// A GET without a key: (status, body).
 pub fn request_without_key(base: &str, path: &str) -> anyhow::Result<(u16, Value)> {
-    runtime().block_on(request(base, "GET", path, None, None))
+    runtime().block_on(crate::http::call(base, "GET", path, None, None))
 }
 
 /// A GET without a key, as text: (status, body).
