@@ -262,24 +262,13 @@ mod tests {
         let msg = CoordinatorMessage::Assign {
             image: None,
             job: JobSpec {
-                id: JobId::new(),
-                tenant: "acme".into(),
-                language: "python".into(),
-                files: vec![SourceFile {
-                    name: "main.py".into(),
-                    content: "print(1)".into(),
-                }],
-                args: vec![],
-                stdin: Bytes::default(),
-                limits: limits(),
-                compile_limits: limits(),
                 tests: vec![TestCase {
                     stdin: "1\n".into(),
                     expected_output: Some("1\n".into()),
                 }],
                 compare: Compare::Float { tolerance: 1e-6 },
                 stop_on_first_failure: true,
-                network: false,
+                ..spec()
             },
         };
         let json = serde_json::to_string(&msg).unwrap();
