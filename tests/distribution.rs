@@ -51,16 +51,7 @@ async fn a_node_with_an_empty_store_fetches_layers_from_the_gateway_and_runs_job
             let m = node.layers.store().manifest(digest)?.context("fetched")?;
             assert_eq!(m.source, "fetch");
         }
-        let job = json!({"language": "probe", "source": "hello\n"});
-        let (status, doc) = call(
-            &gateway.url,
-            "POST",
-            "/v1/jobs?wait=true",
-            Some(&gateway.key),
-            Some(&job),
-        )
-        .await?;
-        ensure!(status == 200, "{status}: {doc}");
+        let doc = run_probe(&gateway, "hello\n").await?;
         assert_eq!(doc["verdict"], "accepted", "{doc}");
         assert_eq!(doc["runs"][0]["stdout"], "v1\nhello\n", "{doc}");
         assert_eq!(node.layers.fetched(), 2, "nothing fetched twice");
@@ -108,19 +99,8 @@ async fn assigned_images_are_fetched_once(
         .count();
     ensure!(lacking >= 1, "the new top layer is not on the node yet");
     let before = node.layers.fetched();
-    let job = json!({"language": "probe", "source": "again\n"});
-    let submit = || {
-        call(
-            &gateway.url,
-            "POST",
-            "/v1/jobs?wait=true",
-            Some(&gateway.key),
-            Some(&job),
-        )
-    };
-    let (a, b) = tokio::join!(submit(), submit());
-    for (status, doc) in [a?, b?] {
-        ensure!(status == 200, "{status}: {doc}");
+    let (a, b) = tokio::join!(run_probe(gateway, "again\n"), run_probe(gateway, "again\n"));
+    for doc in [a?, b?] {
         assert_eq!(doc["verdict"], "accepted", "{doc}");
         assert_eq!(doc["runs"][0]["stdout"], "v2\nagain\n", "{doc}");
     }
@@ -139,16 +119,7 @@ async fn pins_decide_the_image(gateway: &support::Gw, first: &Digest) -> anyhow:
     gateway
         .layers
         .set(LayerServer::new(gateway.images.clone(), lock));
-    let job = json!({"language": "probe", "source": "pinned\n"});
-    let (status, doc) = call(
-        &gateway.url,
-        "POST",
-        "/v1/jobs?wait=true",
-        Some(&gateway.key),
-        Some(&job),
-    )
-    .await?;
-    ensure!(status == 200, "{status}: {doc}");
+    let doc = run_probe(gateway, "pinned\n").await?;
     assert_eq!(doc["runs"][0]["stdout"], "v1\npinned\n", "{doc}");
     Ok(())
 }
@@ -166,16 +137,7 @@ async fn pinned_but_absent_fails_the_job(
         .layers
         .set(LayerServer::new(gateway.images.clone(), lock));
     let before = snapshot(node.layers.store());
-    let job = json!({"language": "probe", "source": "never\n"});
-    let (status, doc) = call(
-        &gateway.url,
-        "POST",
-        "/v1/jobs?wait=true",
-        Some(&gateway.key),
-        Some(&job),
-    )
-    .await?;
-    ensure!(status == 200, "{status}: {doc}");
+    let doc = run_probe(gateway, "never\n").await?;
     assert_eq!(doc["verdict"], "internal_error", "{doc}");
     assert_eq!(doc["runs"][0]["stdout"], "", "{doc}");
     assert_eq!(snapshot(node.layers.store()), before, "the store changed");
@@ -341,4 +303,19 @@ async fn a_missing_pinned_image_is_not_replaced_by_the_host_image() -> anyhow::R
         "{e}"
     );
     Ok(())
+}
+
+/// A `probe` job with `source` through `POST /v1/jobs?wait=true`: the finished job document.
+async fn run_probe(gateway: &support::Gw, source: &str) -> anyhow::Result<serde_json::Value> {
+    let job = json!({"language": "probe", "source": source});
+    let (status, doc) = call(
+        &gateway.url,
+        "POST",
+        "/v1/jobs?wait=true",
+        Some(&gateway.key),
+        Some(&job),
+    )
+    .await?;
+    ensure!(status == 200, "{status}: {doc}");
+    Ok(doc)
 }
