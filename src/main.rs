@@ -12,19 +12,31 @@ fn main() {
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("CORRAL_LOG"))
         .with_writer(std::io::stderr)
         .init();
-    let cli = match cli::Cli::try_parse() {
-        Ok(cli) => cli,
+    // `corral sandbox ...` is a whole process per job: it parses with the sandbox commands alone
+    // instead of building every subcommand's arguments first (a tenth of a millisecond).
+    let result = if std::env::args_os().nth(1).is_some_and(|a| a == "sandbox") {
+        parse::<cli::SandboxOnly>().run()
+    } else {
+        cli::run(parse::<cli::Cli>())
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("corral: {e:#}");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// The parsed command line; on --help or --version their text, on a usage error one line on
+/// stderr, then exit.
+fn parse<P: Parser>() -> P {
+    match P::try_parse() {
+        Ok(parsed) => parsed,
         // --help and --version print to stdout and exit 0.
         Err(e) if !e.use_stderr() => e.exit(),
         Err(e) => {
             eprintln!("corral: {} (see --help)", usage_error(&e.to_string()));
-            std::process::exit(2);
-        }
-    };
-    match cli::run(cli) {
-        Ok(code) => std::process::exit(code),
-        Err(e) => {
-            eprintln!("corral: {e:#}");
             std::process::exit(2);
         }
     }

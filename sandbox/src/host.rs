@@ -24,24 +24,42 @@ const ETC_COPIES: &[&str] = &[
 
 /// Create or refresh the skeleton in `dir` and describe the image. `uids` get passwd entries.
 ///
-/// The refresh is skipped when a stamp in `dir` records the same uids and the same modification
-/// times of the host files it copies (a one-shot command pays a few stats, not a rewrite).
+/// The refresh is skipped when a stamp beside `dir` records the same uids and the same modification
+/// times of /etc and of the host files it copies; the stamp also lists the host directories to
+/// bind, so a one-shot command pays a few stats, not a rewrite or a listing of /etc (an entry
+/// added to or removed from /etc changes its modification time).
 pub fn prepare(dir: &Path, uids: std::ops::Range<u32>) -> Result<Image, Error> {
     let stamp = stamp(&uids);
-    let stamp_path = dir.join(".corral-stamp");
-    if std::fs::read_to_string(&stamp_path).ok().as_deref() != Some(stamp.as_str()) {
-        write_skeleton(dir, uids.clone())?;
-        write_if_changed(&stamp_path, stamp.as_bytes()).map_err(|source| Error::StateDir {
-            path: stamp_path,
-            source,
-        })?;
-    }
-    let mut host_binds: Vec<PathBuf> = HOST_BINDS
-        .iter()
-        .map(PathBuf::from)
-        .filter(|p| p.is_dir())
-        .collect();
-    host_binds.extend(java_conf_dirs());
+    // Beside the layer, not in it: jobs see the layer's files.
+    let stamp_path = dir.with_extension("stamp");
+    let stored = std::fs::read_to_string(&stamp_path).unwrap_or_default();
+    let host_binds = match stored.split_once('\n') {
+        Some((line, binds)) if line == stamp => binds.lines().map(PathBuf::from).collect(),
+        _ => {
+            let java = java_conf_dirs();
+            write_skeleton(dir, uids.clone(), &java)?;
+            // Where earlier versions kept the stamp, visible to jobs.
+            let _ = std::fs::remove_file(dir.join(".corral-stamp"));
+            let mut binds: Vec<PathBuf> = HOST_BINDS
+                .iter()
+                .map(PathBuf::from)
+                .filter(|p| p.is_dir())
+                .collect();
+            binds.extend(java);
+            let mut text = stamp;
+            for bind in &binds {
+                text.push('\n');
+                text.push_str(&bind.to_string_lossy());
+            }
+            write_if_changed(&stamp_path, text.as_bytes()).map_err(|source| {
+                Error::StateDir {
+                    path: stamp_path,
+                    source,
+                }
+            })?;
+            binds
+        }
+    };
     Ok(Image {
         name: HOST_IMAGE.to_string(),
         layers: vec![dir.to_path_buf()],
@@ -55,10 +73,15 @@ pub fn prepare(dir: &Path, uids: std::ops::Range<u32>) -> Result<Image, Error> {
     })
 }
 
-/// What the skeleton depends on: the uids and the host files it copies.
+/// What the skeleton and the binds depend on: the uids, /etc's entries and the files copied.
 fn stamp(uids: &std::ops::Range<u32>) -> String {
     use std::os::unix::fs::MetadataExt;
-    let mut stamp = format!("v1 uids={}..{}", uids.start, uids.end);
+    let mut stamp = format!("v2 uids={}..{}", uids.start, uids.end);
+    let etc = std::fs::metadata("/etc").ok();
+    stamp.push_str(&format!(
+        " /etc={:?}",
+        etc.map(|m| (m.mtime(), m.mtime_nsec()))
+    ));
     for name in ETC_COPIES {
         let meta = std::fs::metadata(Path::new("/etc").join(name)).ok();
         stamp.push_str(&format!(
@@ -69,7 +92,7 @@ fn stamp(uids: &std::ops::Range<u32>) -> String {
     stamp
 }
 
-fn write_skeleton(dir: &Path, uids: std::ops::Range<u32>) -> Result<(), Error> {
+fn write_skeleton(dir: &Path, uids: std::ops::Range<u32>, java: &[PathBuf]) -> Result<(), Error> {
     let err = |path: &Path| {
         let path = path.to_path_buf();
         move |source| Error::StateDir { path, source }
@@ -87,7 +110,7 @@ fn write_skeleton(dir: &Path, uids: std::ops::Range<u32>) -> Result<(), Error> {
         "root",
         "home",
     ];
-    let java: Vec<String> = java_conf_dirs()
+    let java: Vec<String> = java
         .iter()
         .map(|d| d.display().to_string()[1..].to_string())
         .collect();

@@ -12,7 +12,7 @@ use std::os::unix::net::UnixStream;
 
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitStatus};
-use nix::unistd::{setresgid, setresuid, ForkResult, Gid, Pid, Uid};
+use nix::unistd::{setresgid, setresuid, Gid, Pid, Uid};
 
 use crate::job::{self, JobFds, JobStart};
 use crate::rootfs::{self, RealSys, WORKDIR};
@@ -34,6 +34,10 @@ pub struct InitFds {
     pub report: OwnedFd,
     /// With a user namespace: the pipe PID 1 waits on until its maps are written.
     pub sync: Option<OwnedFd>,
+    /// For PID 1 cloned by the supervisor itself: the pipe it waits on, once its root is built,
+    /// before it starts the job. The supervisor sets the slot's limits meanwhile (on the other
+    /// core), then writes one byte; end of file means it gave up, and no job runs.
+    pub go: Option<OwnedFd>,
     /// Cgroup `tasks`/`cgroup.procs` files (opened by the parent) PID 1 joins before anything else,
     /// then it enters a new cgroup namespace rooted there. Empty when it was cloned inside the
     /// slot's cgroups (from the spawner) and already is in a cgroup namespace of its own.
@@ -49,9 +53,11 @@ pub fn init_main(req: &JobRequest, blobs: &[Vec<u8>], fds: InitFds) -> ! {
         fds.report.as_raw_fd(),
     ];
     keep.extend(fds.sync.as_ref().map(AsRawFd::as_raw_fd));
+    keep.extend(fds.go.as_ref().map(AsRawFd::as_raw_fd));
     let prepared = join_cgroups(fds.join)
         .and_then(|()| close_inherited(&keep))
-        .and_then(|()| prepare_root(req, fds.sync));
+        .and_then(|()| prepare_root(req, fds.sync))
+        .and_then(|()| wait_for_go(fds.go));
     finish(
         req, blobs, fds.stdin, fds.stdout, fds.stderr, fds.report, prepared,
     )
@@ -74,6 +80,19 @@ fn join_cgroups(files: Vec<OwnedFd>) -> Result<(), String> {
     }
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)
         .map_err(|e| format!("new cgroup namespace: {e}"))
+}
+
+/// Wait until the supervisor lets the job start (see [`InitFds::go`]).
+fn wait_for_go(go: Option<OwnedFd>) -> Result<(), String> {
+    let Some(go) = go else { return Ok(()) };
+    let mut byte = [0u8; 1];
+    match std::fs::File::from(go).read_exact(&mut byte) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            Err("the supervisor stopped before the job started".to_string())
+        }
+        Err(e) => Err(format!("waiting for the supervisor: {e}")),
+    }
 }
 
 /// Run a PID 1 prepared ahead of its job: build the root for `template`, then wait on `sock` for
@@ -156,7 +175,7 @@ fn prepare_root(req: &JobRequest, sync: Option<OwnedFd>) -> Result<(), String> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(|e| format!("pdeathsig: {e}"))?;
     crate::userns::wait_for_release(req, sync)?;
     nix::sys::prctl::set_dumpable(false).map_err(|e| format!("dumpable: {e}"))?;
-    rootfs::apply(&rootfs::plan(req), &[], &mut RealSys).map_err(|e| e.to_string())?;
+    rootfs::apply(&rootfs::plan(req), &[], &mut RealSys::new()).map_err(|e| e.to_string())?;
     if req.network {
         sys::loopback_up().map_err(|e| format!("loopback up: {e}"))?;
     }
@@ -170,29 +189,10 @@ fn run_job(
     stdio: JobStdio,
     out: &mut Report,
 ) -> Result<(), String> {
-    rootfs::apply(&rootfs::input_steps(req), blobs, &mut RealSys).map_err(|e| e.to_string())?;
+    rootfs::apply(&rootfs::input_steps(req), blobs, &mut RealSys::new()).map_err(|e| e.to_string())?;
     let (error_r, error_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("error pipe: {e}"))?;
-    let job = match unsafe_fork()? {
-        ForkResult::Child => {
-            drop(error_r);
-            let JobStdio {
-                stdin,
-                stdout,
-                stderr,
-            } = stdio;
-            job::exec_job(
-                req,
-                JobFds {
-                    stdin,
-                    stdout,
-                    stderr,
-                    error: error_w,
-                },
-            )
-        }
-        ForkResult::Parent { child } => child,
-    };
+    let job = spawn_job(req, &stdio, &error_w)?;
     drop(stdio);
     drop(error_w);
     let mut started = Vec::new();
@@ -212,11 +212,32 @@ fn run_job(
     }
 }
 
-fn unsafe_fork() -> Result<ForkResult, String> {
-    // SAFETY: this runs in PID 1 of the container, a single-threaded clone of the single-threaded
-    // spawner.
+/// Start the job (PID 2) on the descriptors PID 1 holds; it shares PID 1's memory until it
+/// execs (see [`sys::spawn_shared_vm`]). Returns once it has exec'd or failed.
+fn spawn_job(req: &JobRequest, stdio: &JobStdio, error: &OwnedFd) -> Result<Pid, String> {
+    let raw = [
+        stdio.stdin.as_raw_fd(),
+        stdio.stdout.as_raw_fd(),
+        stdio.stderr.as_raw_fd(),
+        error.as_raw_fd(),
+    ];
+    let mut child = || -> libc::c_int {
+        // The child's descriptor table is its own copy: these numbers are open in it, and it
+        // execs or exits without ever handing them back.
+        job::exec_job(
+            req,
+            JobFds {
+                stdin: sys::adopt_received_fd(raw[0]),
+                stdout: sys::adopt_received_fd(raw[1]),
+                stderr: sys::adopt_received_fd(raw[2]),
+                error: sys::adopt_received_fd(raw[3]),
+            },
+        )
+    };
+    // SAFETY: PID 1 is a single-threaded clone of a single-threaded process, and `exec_job`
+    // ends in execve or _exit without returning.
     #[allow(unsafe_code)]
-    unsafe { sys::fork() }.map_err(|e| format!("fork: {e}"))
+    unsafe { sys::spawn_shared_vm(&mut child) }.map_err(|e| format!("clone: {e}"))
 }
 
 /// Reap every child until the job itself exits; return how it ended.

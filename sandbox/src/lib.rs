@@ -163,6 +163,8 @@ pub struct Sandbox {
     free: Mutex<Vec<Slot>>,
     available: Condvar,
     host: Image,
+    /// The sweep of other slots' leftovers, when it waits for the first job (see [`Sandbox::new`]).
+    deferred_sweep: Mutex<Option<cgroup::Hierarchies>>,
 }
 
 impl Sandbox {
@@ -180,7 +182,15 @@ impl Sandbox {
         let hierarchies = cgroup::Hierarchies::probe()?;
         let slots_dir = config.state_dir.join("slots");
         let leases = lease::lease_slots(&slots_dir, config.slots)?;
-        sweep_leftovers(&hierarchies, &config.cgroup_parent, &slots_dir)?;
+        // Other slots' leftovers never touch this sandbox's own (leased, cleaned below). A pool
+        // sweeps them now; an in-process sandbox, a whole command per job, while its first job
+        // runs, when it would only wait.
+        let deferred_sweep = if config.helper == Helper::InProcess {
+            Some(hierarchies.clone())
+        } else {
+            sweep_leftovers(&hierarchies, &config.cgroup_parent, &slots_dir)?;
+            None
+        };
         let uids = config.uid_base..config.uid_base + MAX_SLOTS as u32;
         let host = host::prepare(&config.state_dir.join("images/host"), uids)?;
         let mut slots = Vec::with_capacity(config.slots);
@@ -213,6 +223,7 @@ impl Sandbox {
             free: Mutex::new(slots),
             available: Condvar::new(),
             host,
+            deferred_sweep: Mutex::new(deferred_sweep),
         })
     }
 
@@ -275,13 +286,37 @@ impl Sandbox {
                 .is_some_and(|key| *key == self.request(&spec, slot).root_key())
         });
         let req = self.request(&spec, &slot);
-        let result = supervisor::run(&mut slot, &self.config.helper, req, spec, on_output);
+        let mut sweep = || self.run_deferred_sweep();
+        let result = supervisor::run(
+            &mut slot,
+            &self.config.helper,
+            req,
+            spec,
+            on_output,
+            &mut sweep,
+        );
         self.free
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(slot);
         self.available.notify_one();
         result
+    }
+
+    /// Sweep other slots' leftovers if [`Sandbox::new`] left it for the first job.
+    fn run_deferred_sweep(&self) {
+        let deferred = self
+            .deferred_sweep
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(hierarchies) = deferred {
+            let slots_dir = self.config.state_dir.join("slots");
+            if let Err(error) = sweep_leftovers(&hierarchies, &self.config.cgroup_parent, &slots_dir)
+            {
+                tracing::warn!(%error, "sweeping leftover slot cgroups");
+            }
+        }
     }
 
     /// The job's request on `slot`.

@@ -73,6 +73,23 @@ pub(crate) struct Launched {
     pub pidfd: OwnedFd,
     /// Its pid when this process is its parent ([`Helper::InProcess`]).
     direct_pid: Option<nix::unistd::Pid>,
+    /// Write end of PID 1's go pipe ([`Helper::InProcess`]): the job starts once a byte is written.
+    go: Option<OwnedFd>,
+}
+
+impl Launched {
+    /// Let a held job start.
+    pub fn release(&mut self) -> Result<(), Error> {
+        if let Some(go) = self.go.take() {
+            nix::unistd::write(&go, b"g").map_err(Error::nix("releasing the job"))?;
+        }
+        Ok(())
+    }
+
+    /// Never let a held job start: PID 1 reports a setup error instead and exits.
+    pub fn abandon(&mut self) {
+        self.go = None;
+    }
 }
 
 /// Refuse to fork from a process with other threads (their locks would be copied held).
@@ -84,7 +101,7 @@ pub(crate) fn single_threaded() -> Result<(), Error> {
     // Field 20 of /proc/self/stat (the 18th after the command name, which may hold spaces and
     // parentheses: everything up to its last ')') is the number of threads. Shorter to produce
     // and parse than /proc/self/status.
-    let stat = std::fs::read_to_string("/proc/self/stat").map_err(err)?;
+    let stat = crate::cgroup::read_text(Path::new("/proc/self/stat")).map_err(err)?;
     let threads = stat
         .rsplit_once(')')
         .and_then(|(_, rest)| rest.split_whitespace().nth(17));
@@ -266,6 +283,7 @@ impl Slot {
             Ok(Some((SpawnerMsg::Started { .. }, mut fds))) if fds.len() == 1 => Ok(Launched {
                 pidfd: fds.remove(0),
                 direct_pid: None,
+                go: None,
             }),
             Ok(Some((SpawnerMsg::Failed { error }, _))) => Err(spawner_err(error)),
             other => Err(spawner_err(format!("expected started, got {other:?}"))),
@@ -295,12 +313,15 @@ impl Slot {
                     .map_err(|e| format!("opening {}: {e}", file.display()))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let (go_r, go_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| format!("go pipe: {e}"))?;
         let init_fds = InitFds {
             stdin: dup(fds[0])?,
             stdout: dup(fds[1])?,
             stderr: dup(fds[2])?,
             report: dup(fds[3])?,
             sync: None,
+            go: Some(go_r),
             join,
         };
         // SAFETY: single_threaded() just checked that no other thread exists.
@@ -309,6 +330,7 @@ impl Slot {
         Ok(Launched {
             pidfd,
             direct_pid: Some(pid),
+            go: Some(go_w),
         })
     }
 

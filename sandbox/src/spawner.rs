@@ -134,6 +134,7 @@ fn serve(sock: &mut UnixStream) -> std::io::Result<()> {
             stderr,
             report,
             sync: None,
+            go: None,
             join: Vec::new(),
         };
         run_one(sock, &req, &blobs, fds, &mut prepared)?;

@@ -47,13 +47,15 @@ struct Observed {
     wall: Duration,
 }
 
-/// Run `spec` in `slot`. `Err` only when Corral itself failed.
+/// Run `spec` in `slot`. `Err` only when Corral itself failed. `while_started` runs once the job
+/// is on its way, while this thread would only wait for it.
 pub(crate) fn run(
     slot: &mut Slot,
     helper: &crate::Helper,
     req: wire::JobRequest,
     spec: Spec,
     on_output: &mut dyn FnMut(StreamKind, &[u8]),
+    while_started: &mut dyn FnMut(),
 ) -> Result<Outcome, Error> {
     let limits = spec.limits;
     let cancel = spec.cancel.clone();
@@ -63,9 +65,6 @@ pub(crate) fn run(
     // The previous job's PID 1 may still be tearing its namespaces down: wait for it here, so
     // nothing of it (processes, CPU, memory) is counted for this job.
     slot.settle(helper)?;
-    slot.cgroup.set_limits(&cgroup_limits(&limits))?;
-    slot.cgroup.reset_peak()?;
-    let before = slot.cgroup.usage()?;
     let blobs: Vec<Vec<u8>> = spec.files.into_iter().map(|f| f.contents).collect();
     let result = supervise(
         slot,
@@ -75,10 +74,10 @@ pub(crate) fn run(
         spec.stdin,
         &limits,
         cancel.as_ref(),
-        before.cpu_ns,
         on_output,
+        while_started,
     );
-    let (observed, launched) = match result {
+    let (observed, launched, before) = match result {
         Ok(done) => done,
         Err(e) => {
             // The spawner's state is unknown: replace it, and leave nothing running.
@@ -107,6 +106,13 @@ fn cgroup_limits(limits: &Limits) -> CgroupLimits {
     }
 }
 
+/// Set the slot's limits for the job and reset its peak counter; the usage it starts from.
+fn configure(slot: &mut Slot, limits: &Limits) -> Result<Usage, Error> {
+    slot.cgroup.set_limits(&cgroup_limits(limits))?;
+    slot.cgroup.reset_peak()?;
+    Ok(slot.cgroup.usage()?)
+}
+
 #[allow(clippy::too_many_arguments)]
 fn supervise(
     slot: &mut Slot,
@@ -116,9 +122,9 @@ fn supervise(
     stdin: Stdin,
     limits: &Limits,
     cancel: Option<&CancelToken>,
-    cpu_before: u64,
     on_output: &mut dyn FnMut(StreamKind, &[u8]),
-) -> Result<(Observed, Launched), Error> {
+    while_started: &mut dyn FnMut(),
+) -> Result<(Observed, Launched, Usage), Error> {
     let pipes = Pipes::new(stdin)?;
     let started = Instant::now();
     let blob_refs: Vec<&[u8]> = blobs.iter().map(Vec::as_slice).collect();
@@ -128,10 +134,29 @@ fn supervise(
         pipes.stderr_w.as_raw_fd(),
         pipes.report_w.as_raw_fd(),
     ];
-    let launched = slot.launch(helper, req, &blob_refs, blobs, fds)?;
+    // A spawner's prepared PID 1 starts the job as soon as it has the request: the limits come
+    // first. A PID 1 cloned here builds its root first and waits: the limits are set meanwhile.
+    let early = match *helper {
+        crate::Helper::InProcess => None,
+        _ => Some(configure(slot, limits)?),
+    };
+    let mut launched = slot.launch(helper, req, &blob_refs, blobs, fds)?;
+    let before = match early {
+        Some(before) => before,
+        None => match configure(slot, limits).and_then(|b| launched.release().map(|()| b)) {
+            Ok(before) => before,
+            Err(e) => {
+                launched.abandon();
+                slot.reap(helper, &launched)?;
+                return Err(e);
+            }
+        },
+    };
     let (stdin_bytes, mut ends) = pipes.into_parent_ends();
+    while_started();
     let observed = {
         let cgroup = &*slot.cgroup;
+        let cpu_before = before.cpu_ns;
         let cpu = || {
             cgroup
                 .cpu_usage_ns()
@@ -149,7 +174,7 @@ fn supervise(
         )
     };
     match observed {
-        Ok(observed) => Ok((observed, launched)),
+        Ok(observed) => Ok((observed, launched, before)),
         Err(e) => {
             slot.reap(helper, &launched)?;
             Err(e)

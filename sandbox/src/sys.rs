@@ -55,16 +55,6 @@ pub unsafe fn clone_with_pidfd(ns_flags: libc::c_int) -> nix::Result<CloneResult
     }
 }
 
-/// `fork(2)` for a single-threaded process (the sandbox's PID 1).
-///
-/// # Safety
-///
-/// The calling process must be single-threaded.
-pub unsafe fn fork() -> nix::Result<nix::unistd::ForkResult> {
-    // SAFETY: forwarded to the caller's contract.
-    unsafe { nix::unistd::fork() }
-}
-
 /// `fork(2)` after the caller checked, from /proc/self/status, that it has a single thread.
 ///
 /// Safe to call because a process with one thread cannot have another thread holding a lock (the
@@ -72,6 +62,68 @@ pub unsafe fn fork() -> nix::Result<nix::unistd::ForkResult> {
 pub(crate) fn fork_single_threaded() -> nix::Result<nix::unistd::ForkResult> {
     // SAFETY: see above; the only caller checks the thread count immediately before.
     unsafe { nix::unistd::fork() }
+}
+
+/// Stack of a child started by [`spawn_shared_vm`]: it runs the job's set-up code (Landlock and
+/// seccomp included) until exec. Only the pages it touches are ever allocated.
+const SHARED_VM_STACK: usize = 1 << 20;
+
+/// Start a child process that shares this process's memory until it execs or exits
+/// (`CLONE_VM | CLONE_VFORK`, on a stack of its own, as glibc's `posix_spawn` does) and run `child`
+/// in it. This process is suspended until then, so nothing runs concurrently in the shared memory;
+/// and no page table is copied, nor any page copied on write afterwards, which a `fork` of a large
+/// process pays for on both sides. The child has its own descriptor table, credentials, signal
+/// dispositions and namespaces, as after a fork.
+///
+/// # Safety
+///
+/// The calling process must be single-threaded (a lock another thread holds would be held in the
+/// child too). `child` must end in `execve` or `_exit` (or return its exit status), must not
+/// unwind, and must take nothing out of the parent's data that the parent relies on (it may
+/// allocate).
+pub unsafe fn spawn_shared_vm(child: &mut dyn FnMut() -> libc::c_int) -> nix::Result<Pid> {
+    extern "C" fn trampoline(arg: *mut libc::c_void) -> libc::c_int {
+        // SAFETY: `arg` points to the `&mut dyn FnMut` below, alive in the suspended parent's
+        // frame for as long as this child runs.
+        let child = unsafe { &mut *arg.cast::<&mut dyn FnMut() -> libc::c_int>() };
+        child()
+    }
+    // SAFETY: a fresh private anonymous mapping; nothing else refers to it.
+    let stack = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            SHARED_VM_STACK,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+            -1,
+            0,
+        )
+    };
+    if stack == libc::MAP_FAILED {
+        return Err(Errno::last());
+    }
+    // The lowest page is a guard: an overflow faults instead of writing below the stack.
+    // SAFETY: the first page of the mapping just made.
+    let guarded = unsafe { libc::mprotect(stack, 4096, libc::PROT_NONE) };
+    let mut child = child;
+    let result = if guarded == 0 {
+        // SAFETY: the stack grows down from the end of the mapping (16-byte aligned, as the ABI
+        // wants); CLONE_VFORK keeps this frame (and `child`) alive until the child execs or exits.
+        Errno::result(unsafe {
+            libc::clone(
+                trampoline,
+                stack.cast::<u8>().add(SHARED_VM_STACK).cast(),
+                libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+                (&mut child as *mut &mut dyn FnMut() -> libc::c_int).cast(),
+            )
+        })
+        .map(Pid::from_raw)
+    } else {
+        Err(Errno::last())
+    };
+    // SAFETY: the child has exec'd or exited: nothing runs on this stack any more.
+    unsafe { libc::munmap(stack, SHARED_VM_STACK) };
+    result
 }
 
 /// `pidfd_send_signal(2)`: signal a process through its pidfd, with no pid-reuse race.

@@ -18,6 +18,31 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// The command line when it starts with `sandbox`: the same `corral sandbox ...` commands as
+/// [`Cli`] parses, without building the other subcommands' arguments (see `main`).
+#[derive(Debug, Parser)]
+#[command(name = "corral", version)]
+pub struct SandboxOnly {
+    /// What to do.
+    #[command(subcommand)]
+    command: SandboxOnlyCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum SandboxOnlyCommand {
+    /// Run commands in the sandbox directly, without the service.
+    #[command(subcommand)]
+    Sandbox(sandbox::SandboxCommand),
+}
+
+impl SandboxOnly {
+    /// Run the parsed command; the process exit code.
+    pub fn run(self) -> anyhow::Result<i32> {
+        let SandboxOnlyCommand::Sandbox(cmd) = self.command;
+        sandbox::run(cmd)
+    }
+}
+
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {

@@ -31,6 +31,7 @@ use std::time::Duration;
 mod files;
 mod kill;
 mod mounts;
+pub(crate) use files::read_text;
 mod v1;
 mod v2;
 

@@ -97,7 +97,7 @@ impl Layout {
     /// The layout of this host (of `want`, if given).
     pub fn probe(want: Option<Version>) -> Result<Layout, CgroupError> {
         let text =
-            std::fs::read_to_string(MOUNTINFO).map_err(|source| CgroupError::ReadMounts {
+            super::files::read_text(Path::new(MOUNTINFO)).map_err(|source| CgroupError::ReadMounts {
                 path: MOUNTINFO.into(),
                 source,
             })?;

@@ -31,7 +31,28 @@ fn locked_flags(target: &Path) -> nix::Result<MsFlags> {
 }
 
 /// The real system calls.
-pub struct RealSys;
+pub struct RealSys {
+    /// The process umask is 0: `mkdir` and `mknod` create exactly the mode asked for.
+    umask_cleared: bool,
+}
+
+impl RealSys {
+    /// The real system calls, after clearing the umask of this process (PID 1, which runs no
+    /// job code; the job sets its own), so that directories and device nodes get their modes
+    /// without a `chmod` each.
+    pub fn new() -> RealSys {
+        nix::sys::stat::umask(Mode::empty());
+        RealSys {
+            umask_cleared: true,
+        }
+    }
+}
+
+impl Default for RealSys {
+    fn default() -> RealSys {
+        RealSys::new()
+    }
+}
 
 fn io_errno(e: std::io::Error) -> Errno {
     e.raw_os_error().map(Errno::from_raw).unwrap_or(Errno::EIO)
@@ -60,8 +81,11 @@ impl Sys for RealSys {
             .mode(mode)
             .create(path)
             .map_err(io_errno)?;
-        // mkdir applies the umask; set the mode exactly (sticky bit included).
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io_errno)?;
+        if !self.umask_cleared {
+            // mkdir applies the umask; set the mode exactly (sticky bit included).
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                .map_err(io_errno)?;
+        }
         if let Some((uid, gid)) = owner {
             chown(path, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))?;
         }
@@ -100,6 +124,9 @@ impl Sys for RealSys {
             Mode::from_bits_truncate(0o666),
             makedev(major, minor),
         )?;
+        if self.umask_cleared {
+            return Ok(());
+        }
         // mknod applies the umask.
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(io_errno)
     }
