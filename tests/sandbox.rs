@@ -550,6 +550,40 @@ fn cli_job_runs_in_its_slot_cgroup_namespace() {
     assert!(json["cpu_time_ms"].as_u64().unwrap() >= 20, "{json}");
 }
 
+/// A one-shot command sweeps the slot cgroups a crashed run left (here: slot 7, leased by no one,
+/// with a process still in it); it does so while its own job runs, and kills what it finds.
+#[test]
+fn cli_sweeps_the_cgroups_a_crashed_run_left() {
+    common::require_root();
+    let parent = format!("corral-test-cli-{}", std::process::id());
+    let mut sleeper = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    for hierarchy in ["memory", "pids", "cpuacct", "cpu", "freezer"] {
+        let dir = std::path::Path::new("/sys/fs/cgroup")
+            .join(hierarchy)
+            .join(&parent)
+            .join("slot-7");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("tasks"), sleeper.id().to_string()).unwrap();
+    }
+    let run = common::cli::run(&["true"], &[]);
+    let swept = sleeper.try_wait().unwrap();
+    if swept.is_none() {
+        let _ = sleeper.kill();
+        let _ = sleeper.wait();
+    }
+    assert_eq!(run.json().unwrap()["status"], "ok");
+    assert!(run.leftovers.is_empty(), "{:?}", run.leftovers);
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        swept.and_then(|s| s.signal()),
+        Some(9), // SIGKILL
+        "the leftover slot's process survived the run"
+    );
+}
+
 #[test]
 fn cli_prints_one_json_object_with_every_field() {
     let run = common::cli::run(&["sh", "-c", "echo out; echo err >&2; exit 3"], &[]);

@@ -51,11 +51,9 @@ pub fn prepare(dir: &Path, uids: std::ops::Range<u32>) -> Result<Image, Error> {
                 text.push('\n');
                 text.push_str(&bind.to_string_lossy());
             }
-            write_if_changed(&stamp_path, text.as_bytes()).map_err(|source| {
-                Error::StateDir {
-                    path: stamp_path,
-                    source,
-                }
+            write_if_changed(&stamp_path, text.as_bytes()).map_err(|source| Error::StateDir {
+                path: stamp_path,
+                source,
             })?;
             binds
         }

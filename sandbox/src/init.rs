@@ -189,7 +189,8 @@ fn run_job(
     stdio: JobStdio,
     out: &mut Report,
 ) -> Result<(), String> {
-    rootfs::apply(&rootfs::input_steps(req), blobs, &mut RealSys::new()).map_err(|e| e.to_string())?;
+    rootfs::apply(&rootfs::input_steps(req), blobs, &mut RealSys::new())
+        .map_err(|e| e.to_string())?;
     let (error_r, error_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("error pipe: {e}"))?;
     let job = spawn_job(req, &stdio, &error_w)?;

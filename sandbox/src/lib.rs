@@ -312,7 +312,8 @@ impl Sandbox {
             .take();
         if let Some(hierarchies) = deferred {
             let slots_dir = self.config.state_dir.join("slots");
-            if let Err(error) = sweep_leftovers(&hierarchies, &self.config.cgroup_parent, &slots_dir)
+            if let Err(error) =
+                sweep_leftovers(&hierarchies, &self.config.cgroup_parent, &slots_dir)
             {
                 tracing::warn!(%error, "sweeping leftover slot cgroups");
             }

@@ -96,11 +96,12 @@ pub(super) enum Layout {
 impl Layout {
     /// The layout of this host (of `want`, if given).
     pub fn probe(want: Option<Version>) -> Result<Layout, CgroupError> {
-        let text =
-            super::files::read_text(Path::new(MOUNTINFO)).map_err(|source| CgroupError::ReadMounts {
+        let text = super::files::read_text(Path::new(MOUNTINFO)).map_err(|source| {
+            CgroupError::ReadMounts {
                 path: MOUNTINFO.into(),
                 source,
-            })?;
+            }
+        })?;
         Layout::find(&text, Path::new("/"), want)
     }
 
