@@ -8,10 +8,15 @@ use clap::Parser;
 fn main() {
     // A sandbox spawner re-executes this binary; it must not parse the command line.
     corral_sandbox::run_helper_if_requested();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_env("CORRAL_LOG"))
-        .with_writer(std::io::stderr)
-        .init();
+    // Logs go to stderr when CORRAL_LOG names what to show (`info`, `corral_worker=debug`, ...).
+    // Unset or empty, its filter enables nothing: then no subscriber is set up at all, which a
+    // whole `corral sandbox run` per job would pay for (50 µs).
+    if std::env::var_os("CORRAL_LOG").is_some_and(|v| !v.is_empty()) {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_env("CORRAL_LOG"))
+            .with_writer(std::io::stderr)
+            .init();
+    }
     // `corral sandbox ...` is a whole process per job: it parses with the sandbox commands alone
     // instead of building every subcommand's arguments first (a tenth of a millisecond).
     let result = if std::env::args_os().nth(1).is_some_and(|a| a == "sandbox") {

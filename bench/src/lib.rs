@@ -1,4 +1,5 @@
-//! Benchmark harness: run variants interleaved (A B A B ...), then report min, median and p99 of
+//! Benchmark harness: run variants interleaved (every round runs each variant once, in a shuffled
+//! order), then report min, median and p99 of
 //! each beside the baseline and the ratio of medians. Benchmarks are never timed tests: nothing here
 //! passes or fails on a time.
 //!
@@ -48,6 +49,11 @@ impl Samples {
 }
 
 /// Run every variant `rounds` times, interleaved, after `warmup` unmeasured rounds.
+///
+/// Each round runs the variants in a fresh random order (the same sequence every run): work the
+/// kernel finishes after a command has exited (bubblewrap's network namespace is torn down by a
+/// kernel worker, on the other core) then slows every variant alike, instead of always the one
+/// that follows it.
 pub fn interleave(
     variants: &mut [(&str, &mut dyn FnMut() -> anyhow::Result<()>)],
     warmup: usize,
@@ -60,8 +66,12 @@ pub fn interleave(
             runs: Vec::with_capacity(rounds),
         })
         .collect();
+    let mut order: Vec<usize> = (0..variants.len()).collect();
+    let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
     for round in 0..warmup + rounds {
-        for (i, (_, run)) in variants.iter_mut().enumerate() {
+        shuffle(&mut order, &mut rng);
+        for &i in &order {
+            let run = &mut variants[i].1;
             let start = Instant::now();
             run()?;
             let took = start.elapsed();
@@ -71,6 +81,17 @@ pub fn interleave(
         }
     }
     Ok(samples)
+}
+
+/// Fisher-Yates shuffle driven by a xorshift64 generator (no dependency for a benchmark's order).
+fn shuffle(order: &mut [usize], state: &mut u64) {
+    for i in (1..order.len()).rev() {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        let j = (*state % (i as u64 + 1)) as usize;
+        order.swap(i, j);
+    }
 }
 
 fn micros(d: Duration) -> String {

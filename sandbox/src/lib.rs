@@ -109,6 +109,16 @@ impl SandboxConfig {
         SandboxConfig::with_slots(slots)
     }
 
+    /// One slot for one job, run from this single-threaded process ([`Helper::InProcess`]), leaving
+    /// the slot's cgroups and network namespace for the next such process: a one-shot command.
+    pub fn one_shot() -> SandboxConfig {
+        SandboxConfig {
+            keep_cgroups: true,
+            keep_netns: true,
+            ..SandboxConfig::with_helper(1, Helper::InProcess)
+        }
+    }
+
     /// [`SandboxConfig::host_defaults`] with `slots` slots (without working out how many CPUs this
     /// process may use, which reads the cgroup files of the CPU quota).
     pub fn with_slots(slots: usize) -> Result<SandboxConfig, Error> {
@@ -116,8 +126,11 @@ impl SandboxConfig {
             path: "/proc/self/exe".into(),
             source,
         })?;
-        let helper = Helper::Exec(exe);
-        Ok(SandboxConfig {
+        Ok(SandboxConfig::with_helper(slots, Helper::Exec(exe)))
+    }
+
+    fn with_helper(slots: usize, helper: Helper) -> SandboxConfig {
+        SandboxConfig {
             slots,
             state_dir: "/run/corral".into(),
             cgroup_parent: "corral".into(),
@@ -127,7 +140,7 @@ impl SandboxConfig {
             keep_cgroups: false,
             keep_netns: false,
             user_namespace: false,
-        })
+        }
     }
 }
 

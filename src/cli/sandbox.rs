@@ -94,12 +94,9 @@ fn run_one(args: RunArgs) -> anyhow::Result<i32> {
     } else {
         Some(super::image::sandbox_image(&args.data_dir, &args.image)?)
     };
-    let mut config = SandboxConfig::with_slots(1)?;
-    // This command is single-threaded and runs one job: it clones the job's PID 1 itself.
-    config.helper = corral_sandbox::Helper::InProcess;
-    // Leave the empty slot cgroups for the next command instead of recreating them each time.
-    config.keep_cgroups = true;
-    config.keep_netns = true;
+    // This command is single-threaded and runs one job: it clones the job's PID 1 itself, and
+    // leaves the empty slot cgroups and network namespace for the next command.
+    let mut config = SandboxConfig::one_shot();
     config.user_namespace = args.userns;
     config.state_dir = args.state_dir.clone();
     config.cgroup_parent = args.cgroup_parent.clone();
