@@ -1,7 +1,7 @@
 //! The thin file layer under both versions: every failure names the file, and a value that does
 //! not parse is an error, never a silent 0 (which is what `cgroups-rs`'s readers return).
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -23,14 +23,85 @@ pub(super) fn read(path: &Path) -> Result<String, CgroupError> {
 /// `std::fs::read_to_string` stats them, then starts with a 32-byte read and doubles: nine system
 /// calls for a 1 KB mountinfo, where this makes four.
 pub(crate) fn read_text(path: &Path) -> std::io::Result<String> {
-    let mut file = std::fs::File::open(path)?;
+    read_from_start(&std::fs::File::open(path)?)
+}
+
+/// A file holding one unsigned number.
+pub(super) fn read_u64(path: &Path) -> Result<u64, CgroupError> {
+    parse_u64(path, &read(path)?)
+}
+
+fn parse_u64(path: &Path, text: &str) -> Result<u64, CgroupError> {
+    text.trim()
+        .parse()
+        .map_err(|_| parse_error(path.to_path_buf(), text))
+}
+
+/// A slot's counter file, read before, during (every CPU poll) and after every job: opened once,
+/// then read again from offset 0 (`pread`; cgroupfs produces a counter's contents afresh at each
+/// read from the start; not so v1's `cgroup.procs`, whose pid list an open file keeps). An open
+/// walks the cgroupfs path, which cost the server ~10 µs per read. A read that fails (the cgroup
+/// was removed and made again: the old file answers ENODEV) reopens the file and tries once more.
+pub(super) struct Counter {
+    path: PathBuf,
+    file: std::sync::Mutex<Option<std::fs::File>>,
+}
+
+impl Counter {
+    pub fn new(path: PathBuf) -> Counter {
+        Counter {
+            path,
+            file: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The whole file, as of now.
+    pub fn read(&self) -> Result<String, CgroupError> {
+        let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(open) = file.as_ref() {
+            if let Ok(text) = read_from_start(open) {
+                return Ok(text);
+            }
+        }
+        *file = None;
+        let err = |source| CgroupError::Read {
+            path: self.path.clone(),
+            source,
+        };
+        let open = std::fs::File::open(&self.path).map_err(err)?;
+        let text = read_from_start(&open).map_err(err)?;
+        *file = Some(open);
+        Ok(text)
+    }
+
+    /// The number the file holds.
+    pub fn read_u64(&self) -> Result<u64, CgroupError> {
+        parse_u64(&self.path, &self.read()?)
+    }
+
+    /// The value of `key` in a flat keyed file (`key value` lines: `memory.events`, `cpu.stat`,
+    /// `memory.oom_control`).
+    pub fn read_keyed(&self, key: &str) -> Result<u64, CgroupError> {
+        let text = self.read()?;
+        parse_keyed(&text, key).ok_or_else(|| parse_error(self.path.clone(), &text))
+    }
+}
+
+/// `file`'s contents from offset 0, with `pread` (the file offset is never used).
+fn read_from_start(file: &std::fs::File) -> std::io::Result<String> {
+    use std::os::unix::fs::FileExt;
     let mut buf = vec![0u8; 4096];
     let mut len = 0;
     loop {
         if len == buf.len() {
             buf.resize(len * 2, 0);
         }
-        match file.read(&mut buf[len..]) {
+        match file.read_at(&mut buf[len..], len as u64) {
             Ok(0) => break,
             Ok(n) => len += n,
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -39,21 +110,6 @@ pub(crate) fn read_text(path: &Path) -> std::io::Result<String> {
     }
     buf.truncate(len);
     String::from_utf8(buf).map_err(|e| std::io::Error::new(ErrorKind::InvalidData, e))
-}
-
-/// A file holding one unsigned number.
-pub(super) fn read_u64(path: &Path) -> Result<u64, CgroupError> {
-    let text = read(path)?;
-    text.trim()
-        .parse()
-        .map_err(|_| parse_error(path.to_path_buf(), &text))
-}
-
-/// The value of `key` in a flat keyed file (`key value` lines: `memory.events`, `cpu.stat`,
-/// `memory.oom_control`).
-pub(super) fn read_keyed(path: &Path, key: &str) -> Result<u64, CgroupError> {
-    let text = read(path)?;
-    parse_keyed(&text, key).ok_or_else(|| parse_error(path.to_path_buf(), &text))
 }
 
 pub(super) fn parse_keyed(text: &str, key: &str) -> Option<u64> {

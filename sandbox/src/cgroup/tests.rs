@@ -322,6 +322,20 @@ fn v1_usage_is_parsed_from_cpuacct_max_usage_and_oom_control() {
 }
 
 #[test]
+fn a_counter_read_again_shows_the_value_written_since() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cpuacct.usage");
+    put(&path, "5\n");
+    let counter = files::Counter::new(path.clone());
+    assert_eq!(counter.read_u64().unwrap(), 5);
+    files::write(&path, "123456789\n").unwrap();
+    assert_eq!(counter.read_u64().unwrap(), 123_456_789);
+    files::write(&path, "7\n").unwrap();
+    assert_eq!(counter.read_u64().unwrap(), 7);
+    assert_eq!(counter.path(), path);
+}
+
+#[test]
 fn v1_unreadable_or_malformed_counters_are_errors_not_zero() {
     let fx = V1Fixture::new(MOUNTINFO_V1_SPLIT, true);
     let cg = fx.open();
@@ -331,9 +345,11 @@ fn v1_unreadable_or_malformed_counters_are_errors_not_zero() {
         CgroupError::Parse { path, .. } => assert_eq!(path, oom),
         other => panic!("expected a parse error, got {other}"),
     }
+    // Counters stay open once read (as on cgroupfs, where only removing the cgroup takes them
+    // away): a slot opened after the file went away finds it missing.
     fs::remove_file(fx.slot("cpuacct").join("cpuacct.usage")).unwrap();
     assert!(matches!(
-        cg.cpu_usage_ns().unwrap_err(),
+        fx.open().cpu_usage_ns().unwrap_err(),
         CgroupError::Read { .. }
     ));
     put(&fx.slot("pids").join("cgroup.procs"), "12\nnot-a-pid\n");

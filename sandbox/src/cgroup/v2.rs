@@ -32,6 +32,8 @@ pub(super) struct V2Slot {
     /// `cpu.stat` usage exists without it).
     cpu: Option<CpuController>,
     peak: Mutex<Peak>,
+    cpu_stat: files::Counter,
+    memory_events: files::Counter,
     applied: AppliedLimits,
     kill_timeout: Duration,
 }
@@ -85,6 +87,8 @@ impl V2Slot {
                 lifetime_at_reset: 0,
                 sampled: 0,
             }),
+            cpu_stat: files::Counter::new(dir.join("cpu.stat")),
+            memory_events: files::Counter::new(dir.join("memory.events")),
             dir,
             applied: AppliedLimits::default(),
             kill_timeout,
@@ -277,7 +281,7 @@ impl SlotCgroup for V2Slot {
                 self.sample(&mut peak)?;
             }
         }
-        let usec = files::read_keyed(&self.file("cpu.stat"), "usage_usec")?;
+        let usec = self.cpu_stat.read_keyed("usage_usec")?;
         Ok(usec.saturating_mul(1000))
     }
 
@@ -286,7 +290,7 @@ impl SlotCgroup for V2Slot {
             cpu_ns: self.cpu_usage_ns()?,
             memory_peak_bytes: self.peak_bytes()?,
             // Cumulative; counts the slot's descendants too (it has none).
-            oom_kills: files::read_keyed(&self.file("memory.events"), "oom_kill")?,
+            oom_kills: self.memory_events.read_keyed("oom_kill")?,
         })
     }
 
