@@ -26,7 +26,7 @@ struct Args {
     #[arg(long, default_value = "python")]
     image: String,
     /// Hello world command on that image and on the host.
-    #[arg(long, num_args = 1.., default_values = ["python3", "-c", "print('hello, world')"])]
+    #[arg(long, num_args = 1.., allow_hyphen_values = true, default_values = ["python3", "-c", "print('hello, world')"])]
     hello: Vec<String>,
     /// Measured rounds per variant.
     #[arg(long, default_value_t = 200)]
