@@ -134,7 +134,7 @@ mod tests {
     }
 
     #[test]
-    fn interleave_runs_in_alternation_and_skips_warmup() {
+    fn interleave_runs_each_variant_once_per_round_in_shuffled_orders_and_skips_warmup() {
         let order = std::cell::RefCell::new(Vec::new());
         let mut a = || -> anyhow::Result<()> {
             order.borrow_mut().push('a');
@@ -144,9 +144,26 @@ mod tests {
             order.borrow_mut().push('b');
             Ok(())
         };
-        let samples = interleave(&mut [("a", &mut a), ("b", &mut b)], 1, 3).unwrap();
-        assert_eq!(order.borrow().iter().collect::<String>(), "abababab");
-        assert_eq!(samples[0].runs.len(), 3);
-        assert!(table("t", &samples).contains("| a | 3 |"));
+        let mut c = || -> anyhow::Result<()> {
+            order.borrow_mut().push('c');
+            Ok(())
+        };
+        let samples =
+            interleave(&mut [("a", &mut a), ("b", &mut b), ("c", &mut c)], 2, 10).unwrap();
+        let order: String = order.borrow().iter().collect();
+        assert_eq!(order.len(), 3 * 12);
+        let rounds: Vec<&str> = (0..12).map(|r| &order[r * 3..r * 3 + 3]).collect();
+        for round in &rounds {
+            let mut sorted: Vec<char> = round.chars().collect();
+            sorted.sort_unstable();
+            assert_eq!(sorted, ['a', 'b', 'c'], "round {round} of {order}");
+        }
+        // Not one fixed order: the variant after another changes from round to round.
+        let distinct: std::collections::HashSet<&&str> = rounds.iter().collect();
+        assert!(distinct.len() >= 3, "{order}");
+        for s in &samples {
+            assert_eq!(s.runs.len(), 10);
+        }
+        assert!(table("t", &samples).contains("| a | 10 |"));
     }
 }

@@ -78,10 +78,14 @@ pub(crate) struct Launched {
 }
 
 impl Launched {
-    /// Let a held job start.
+    /// Let a held job start. A PID 1 that is gone already (its root could not be built) has
+    /// written its report, which says why: that is the outcome, not an error here.
     pub fn release(&mut self) -> Result<(), Error> {
         if let Some(go) = self.go.take() {
-            nix::unistd::write(&go, b"g").map_err(Error::nix("releasing the job"))?;
+            match nix::unistd::write(&go, b"g") {
+                Ok(_) | Err(nix::Error::EPIPE) => {}
+                Err(e) => return Err(Error::nix("releasing the job")(e)),
+            }
         }
         Ok(())
     }
