@@ -1,4 +1,4 @@
-//! PID 1 of the container: builds the root, forks the job as PID 2, reaps every process, and when
+//! PID 1 of the container: builds the root, starts the job as PID 2, reaps every process, and when
 //! the job exits takes every remaining process of the namespace with it. Then it drops to the slot's
 //! unprivileged uid, reads back the files asked for, writes one [`Report`] and exits.
 //!
@@ -182,7 +182,7 @@ fn prepare_root(req: &JobRequest, sync: Option<OwnedFd>) -> Result<(), String> {
     Ok(())
 }
 
-/// Write the input files, fork the job, wait for it and take every other process with it.
+/// Write the input files, start the job, wait for it and take every other process with it.
 fn run_job(
     req: &JobRequest,
     blobs: &[Vec<u8>],

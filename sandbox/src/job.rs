@@ -1,10 +1,12 @@
-//! The job process (PID 2 of the container): from PID 1's fork to `execve`, in SANDBOX.md's order:
-//! session, rlimits, descriptors, working directory, identity, capabilities, no_new_privs, Landlock,
-//! seccomp, exec.
+//! The job process (PID 2 of the container): from its start by PID 1 to `execve`, in SANDBOX.md's
+//! order: session, rlimits, descriptors, working directory, identity, capabilities,
+//! no_new_privs, Landlock, seccomp, exec.
 //!
-//! It runs in a freshly forked child of the single-threaded PID 1, so allocating is safe here. On any
-//! failure it writes one line to the error pipe (`S` = Corral's setup failed, `E` = the command could
-//! not be executed) and exits with 127; a successful exec closes the pipe with nothing written.
+//! It runs in a child of the single-threaded PID 1 that shares PID 1's memory until it execs
+//! (`CLONE_VM | CLONE_VFORK`, see `sys::spawn_shared_vm`; PID 1 waits meanwhile), so allocating is
+//! safe here, and nothing here may free or take what PID 1 keeps using. On any failure it writes
+//! one line to the error pipe (`S` = Corral's setup failed, `E` = the command could not be
+//! executed) and exits with 127; a successful exec closes the pipe with nothing written.
 
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};

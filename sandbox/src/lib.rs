@@ -12,7 +12,8 @@
 //! inside those cgroups and in an empty network namespace of its own. For each job the caller's thread
 //! (the supervisor) sets the limits and sends the request; the spawner clones PID 1 of the job into
 //! new mount, pid, ipc, uts and cgroup namespaces; PID 1 builds the root (overlay over a per-job
-//! tmpfs, `pivot_root`, fresh /proc, minimal /dev) and forks the job, which drops every privilege,
+//! tmpfs, `pivot_root`, fresh /proc, minimal /dev) and starts the job (sharing PID 1's memory until
+//! it execs, as `posix_spawn` does), which drops every privilege,
 //! restricts itself with Landlock and seccomp, and execs. When the job exits, PID 1 kills whatever is
 //! left of the namespace, reads back files as the unprivileged uid, reports, and exits; the kernel
 //! then tears down every mount with the namespace: nothing is left on the host.
@@ -24,7 +25,7 @@
 //! - `slot`: a slot's uid, cgroup and spawner process. `lease`: exclusive slot indexes across
 //!   processes sharing a state directory.
 //! - [`spawner`]: the per-slot process that clones each job's PID 1.
-//! - `init`: PID 1 of the container. `job`: PID 2 from fork to exec.
+//! - `init`: PID 1 of the container. `job`: PID 2 from its start to exec.
 //! - [`rootfs`]: the root filesystem as a plan of steps applied through a syscall seam.
 //! - [`cgroup`]: cgroup v1 and v2 slot cgroups. [`seccomp`], [`landlock`]: the job's filters.
 //! - [`files`]: file-name checks and safe read-back. [`host`]: the built-in `host` image.
