@@ -193,14 +193,23 @@ fn run_job(
         .map_err(|e| e.to_string())?;
     let (error_r, error_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("error pipe: {e}"))?;
+    job::clear_at_exec();
     let job = spawn_job(req, &stdio, &error_w)?;
     drop(stdio);
     drop(error_w);
-    let mut started = Vec::new();
-    std::fs::File::from(error_r)
-        .read_to_end(&mut started)
-        .map_err(|e| format!("error pipe: {e}"))?;
-    let start = job::parse_start(&started);
+    // Into a buffer on the stack: until the check below, PID 1 must not allocate.
+    let mut started = [0u8; 4096];
+    let len = read_all(error_r, &mut started);
+    if len == Some(0) && !job::reached_exec() {
+        // The job died before exec without a word: killed from outside the sandbox (the OOM
+        // killer, root) during its set-up, maybe inside the allocator of the memory it shared
+        // with PID 1. PID 1 takes the namespace down and exits without touching that memory;
+        // the supervisor reports that PID 1 ended without a report.
+        kill_and_reap_all();
+        sys::exit_now(2);
+    }
+    let started = &started[..len.ok_or("reading the error pipe failed")?];
+    let start = job::parse_start(started);
     out.exit = Some(wait_job(job));
     kill_and_reap_all();
     match start {
@@ -210,6 +219,27 @@ fn run_job(
             Ok(())
         }
         JobStart::SetupFailed(e) => Err(e),
+    }
+}
+
+/// Read `fd` to its end into `buf` (what does not fit is dropped); how many bytes were kept, or
+/// `None` on a read error. Allocates nothing.
+fn read_all(fd: OwnedFd, buf: &mut [u8]) -> Option<usize> {
+    let mut len = 0;
+    let mut rest = [0u8; 256];
+    loop {
+        let target = if len < buf.len() {
+            &mut buf[len..]
+        } else {
+            &mut rest[..]
+        };
+        match nix::unistd::read(&fd, target) {
+            Ok(0) => return Some(len),
+            Ok(n) if len < buf.len() => len += n,
+            Ok(_) => {}
+            Err(nix::Error::EINTR) => {}
+            Err(_) => return None,
+        }
     }
 }
 

@@ -21,6 +21,22 @@ use crate::wire::JobRequest;
 /// Descriptor number the error pipe is moved to in the job process.
 const ERROR_FD: RawFd = 3;
 
+/// Set by the job right before each `execve` and cleared when one fails. The job shares PID 1's
+/// memory until it execs (see `sys::spawn_shared_vm`), so this is PID 1's to read afterwards:
+/// a job that died silently while it was clear may have died inside the allocator of that shared
+/// memory (a SIGKILL from outside, or the OOM killer, during its set-up).
+static AT_EXEC: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// PID 1, before starting the job: nothing reached exec yet.
+pub fn clear_at_exec() {
+    AT_EXEC.store(false, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// PID 1, once the job has exec'd or died: whether it was past its last allocation.
+pub fn reached_exec() -> bool {
+    AT_EXEC.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 /// The job's standard streams and PID 1's error pipe.
 pub struct JobFds {
     /// Read end of stdin.
@@ -156,13 +172,17 @@ fn exec(req: &JobRequest) -> Result<std::convert::Infallible, String> {
         .collect::<Result<_, _>>()?;
     let program = argv.first().ok_or("empty command")?;
     let candidates = candidates(&req.argv[0], &req.env)?;
+    let (argv_ptrs, envp_ptrs) = (sys::ExecArray::new(&argv), sys::ExecArray::new(&envp));
     let mut last = nix::Error::ENOENT;
     for path in &candidates {
-        match nix::unistd::execve(path, &argv, &envp) {
-            Err(e @ (nix::Error::ENOENT | nix::Error::ENOTDIR)) if candidates.len() > 1 => last = e,
-            Err(nix::Error::EACCES) if candidates.len() > 1 => last = nix::Error::EACCES,
-            Err(e) => return Err(exec_message(program, e)),
-            Ok(never) => match never {},
+        // Nothing allocates from here to the kernel (see AT_EXEC).
+        AT_EXEC.store(true, std::sync::atomic::Ordering::SeqCst);
+        let error = sys::execve(path, &argv_ptrs, &envp_ptrs);
+        AT_EXEC.store(false, std::sync::atomic::Ordering::SeqCst);
+        match error {
+            e @ (nix::Error::ENOENT | nix::Error::ENOTDIR) if candidates.len() > 1 => last = e,
+            nix::Error::EACCES if candidates.len() > 1 => last = nix::Error::EACCES,
+            e => return Err(exec_message(program, e)),
         }
     }
     Err(exec_message(program, last))

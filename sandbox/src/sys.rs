@@ -64,6 +64,33 @@ pub(crate) fn fork_single_threaded() -> nix::Result<nix::unistd::ForkResult> {
     unsafe { nix::unistd::fork() }
 }
 
+/// A null-terminated array of pointers to `strings`, for [`execve`], built ahead so the call
+/// itself allocates nothing.
+pub struct ExecArray<'a> {
+    ptrs: Vec<*const libc::c_char>,
+    _strings: std::marker::PhantomData<&'a CStr>,
+}
+
+impl<'a> ExecArray<'a> {
+    pub fn new(strings: &'a [std::ffi::CString]) -> ExecArray<'a> {
+        let mut ptrs: Vec<*const libc::c_char> = strings.iter().map(|s| s.as_ptr()).collect();
+        ptrs.push(std::ptr::null());
+        ExecArray {
+            ptrs,
+            _strings: std::marker::PhantomData,
+        }
+    }
+}
+
+/// `execve(2)` with arrays built ahead: no allocation between the caller and the kernel. Returns
+/// only on failure.
+pub fn execve(path: &CStr, argv: &ExecArray<'_>, envp: &ExecArray<'_>) -> Errno {
+    // SAFETY: `path` and every pointer of both arrays point to NUL-terminated strings borrowed for
+    // the arrays' lifetime, and both arrays end with a null pointer.
+    unsafe { libc::execve(path.as_ptr(), argv.ptrs.as_ptr(), envp.ptrs.as_ptr()) };
+    Errno::last()
+}
+
 /// Stack of a child started by [`spawn_shared_vm`]: it runs the job's set-up code (Landlock and
 /// seccomp included) until exec. Only the pages it touches are ever allocated.
 const SHARED_VM_STACK: usize = 1 << 20;
