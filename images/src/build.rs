@@ -9,10 +9,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::chroot::{self, Mounts};
-use crate::layer::LayerFormat;
 use crate::recipe::{Recipe, RecipeBook, RecipeError, DEFAULT_MIRROR};
 use crate::store::{Manifest, Store, StoreError};
 
@@ -163,23 +161,17 @@ impl Builder<'_> {
             &format!("{name}: registering layer ({:?})", self.store.format()).to_lowercase(),
         );
         let meta = Manifest {
-            name: name.to_string(),
-            digest: crate::digest::Digest::of_bytes(b""), // filled in by register
-            parent: parent.as_ref().map(|p| p.digest.clone()),
-            format: LayerFormat::Dir,
-            size: 0,
             packages,
-            created: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
             env,
             workdir: recipe
                 .workdir
                 .clone()
                 .or_else(|| parent.as_ref().and_then(|p| p.workdir.clone())),
             recipe_hash: Some(hash),
-            source: format!("recipe:{name}"),
+            ..Manifest::new_layer(
+                parent.as_ref().map(|p| p.digest.clone()),
+                format!("recipe:{name}"),
+            )
         };
         let manifest = self.store.register(name, &layer_dir, meta)?;
         Ok(Built {

@@ -177,17 +177,8 @@ mod tests {
 
     fn manifest() -> Manifest {
         Manifest {
-            name: String::new(),
-            digest: Digest::of_bytes(b""),
-            parent: None,
-            format: LayerFormat::Dir,
-            size: 0,
-            packages: BTreeMap::new(),
-            created: 0,
-            env: BTreeMap::new(),
-            workdir: None,
             recipe_hash: Some("h1".into()),
-            source: "test".into(),
+            ..Manifest::new_layer(None, "test")
         }
     }
 

@@ -15,13 +15,11 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, BufRead, Read, Seek, SeekFrom};
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 
 use crate::digest::{Digest, HashingReader};
 use crate::extract::{self, Budget, Caps, ExtractError, Whiteouts};
-use crate::layer::LayerFormat;
 use crate::store::{check_name, Manifest, Store, StoreError};
 
 /// Caps for one import.
@@ -331,26 +329,16 @@ pub fn import(
                 .map(|(k, v)| (k.to_string(), v.to_string()))
         })
         .collect();
+    let source = format!(
+        "import:{}",
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    );
     let meta = Manifest {
-        name: name.clone(),
-        digest: Digest::of_bytes(b""),
-        parent: None,
-        format: LayerFormat::Dir,
-        size: 0,
-        packages: Default::default(),
-        created: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
         env,
         workdir: run.working_dir.filter(|w| !w.is_empty()),
-        recipe_hash: None,
-        source: format!(
-            "import:{}",
-            path.file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        ),
+        ..Manifest::new_layer(None, source)
     };
     Ok(store.register(&name, &root, meta)?)
 }

@@ -91,7 +91,6 @@ impl LayerServer {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
 
     use super::*;
     use crate::layer::LayerFormat;
@@ -101,19 +100,7 @@ mod tests {
     fn images_follow_pins_and_chains_are_served_lowest_first() {
         let tmp = tempfile::tempdir().unwrap();
         let store = Store::open_with_format(tmp.path(), LayerFormat::Dir).unwrap();
-        let mut meta = Manifest {
-            name: String::new(),
-            digest: Digest::of_bytes(b""),
-            parent: None,
-            format: LayerFormat::Dir,
-            size: 0,
-            packages: BTreeMap::new(),
-            created: 0,
-            env: BTreeMap::new(),
-            workdir: None,
-            recipe_hash: None,
-            source: "test".into(),
-        };
+        let mut meta = Manifest::new_layer(None, "test");
         let mut chain = Vec::new();
         for (name, content) in [("base", "1"), ("img", "2")] {
             let stage = store.staging().unwrap();

@@ -53,6 +53,29 @@ pub struct Manifest {
     pub source: String,
 }
 
+impl Manifest {
+    /// The manifest of a layer about to be registered, stacked on `parent`, created now, with
+    /// nothing else recorded yet: [`Store::register`] fills in its name, digest, format and size.
+    pub fn new_layer(parent: Option<Digest>, source: impl Into<String>) -> Manifest {
+        Manifest {
+            name: String::new(),
+            digest: Digest::of_bytes(b""),
+            parent,
+            format: LayerFormat::Dir,
+            size: 0,
+            packages: BTreeMap::new(),
+            created: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            env: BTreeMap::new(),
+            workdir: None,
+            recipe_hash: None,
+            source: source.into(),
+        }
+    }
+}
+
 /// A name resolved to mounted layers, ready for a sandbox image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resolved {

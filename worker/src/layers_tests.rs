@@ -1,5 +1,3 @@
-use std::collections::BTreeMap;
-
 use corral_images::language::LanguageSet;
 use corral_images::layer::LayerFormat;
 
@@ -7,19 +5,7 @@ use super::*;
 use crate::process::ProcessExecutor;
 
 fn meta(parent: Option<Digest>) -> Manifest {
-    Manifest {
-        name: String::new(),
-        digest: Digest::of_bytes(b""),
-        parent,
-        format: LayerFormat::Dir,
-        size: 0,
-        packages: BTreeMap::new(),
-        created: 0,
-        env: BTreeMap::new(),
-        workdir: None,
-        recipe_hash: None,
-        source: "test".into(),
-    }
+    Manifest::new_layer(parent, "test")
 }
 
 /// A directory-layer store with `img` registered twice (the name points at the second).

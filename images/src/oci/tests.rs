@@ -8,6 +8,7 @@ use std::path::Path;
 use super::*;
 use crate::extract::Caps;
 use crate::fetch;
+use crate::layer::LayerFormat;
 use crate::tarball::{write_tree, TarForm};
 
 fn need_root() {
