@@ -42,6 +42,11 @@ pub struct InitFds {
     /// then it enters a new cgroup namespace rooted there. Empty when it was cloned inside the
     /// slot's cgroups (from the spawner) and already is in a cgroup namespace of its own.
     pub join: Vec<OwnedFd>,
+    /// The CPUs PID 1 (and so the job) may run on, when the parent moved it onto the others right
+    /// after the clone so that it builds the root beside the parent instead of queued behind it
+    /// (see `SteerAway` in `slot`). Restored once the go byte has arrived: the parent has moved it
+    /// by then, so nothing overwrites the restored mask.
+    pub restore_affinity: Option<nix::sched::CpuSet>,
 }
 
 /// Run PID 1, building the root for `req` first. Never returns.
@@ -57,7 +62,8 @@ pub fn init_main(req: &JobRequest, blobs: &[Vec<u8>], fds: InitFds) -> ! {
     let prepared = join_cgroups(fds.join)
         .and_then(|()| close_inherited(&keep))
         .and_then(|()| prepare_root(req, fds.sync))
-        .and_then(|()| wait_for_go(fds.go));
+        .and_then(|()| wait_for_go(fds.go))
+        .and_then(|()| restore_affinity(fds.restore_affinity));
     finish(
         req, blobs, fds.stdin, fds.stdout, fds.stderr, fds.report, prepared,
     )
@@ -93,6 +99,14 @@ fn wait_for_go(go: Option<OwnedFd>) -> Result<(), String> {
         }
         Err(e) => Err(format!("waiting for the supervisor: {e}")),
     }
+}
+
+/// Let PID 1, and the job it starts, run on every CPU the parent could (see
+/// [`InitFds::restore_affinity`]).
+fn restore_affinity(cpus: Option<nix::sched::CpuSet>) -> Result<(), String> {
+    let Some(cpus) = cpus else { return Ok(()) };
+    nix::sched::sched_setaffinity(Pid::from_raw(0), &cpus)
+        .map_err(|e| format!("restoring the CPU affinity: {e}"))
 }
 
 /// Run a PID 1 prepared ahead of its job: build the root for `template`, then wait on `sock` for

@@ -211,14 +211,6 @@ impl Sandbox {
         for lease in leases {
             let name = format!("slot-{}", lease.index);
             let cg = hierarchies.open_slot(&config.cgroup_parent, &name)?;
-            if !cg.pids()?.is_empty() {
-                // Only a crashed holder of this lease can have left them: kill them.
-                tracing::warn!(
-                    slot = lease.index,
-                    "killing processes a previous run left in a slot"
-                );
-                cg.kill_all()?;
-            }
             let netns = config.keep_netns.then(|| lease.dir.with_extension("netns"));
             let mut slot = Slot::new(lease, config.uid_base, cg, netns)?;
             if config.helper == Helper::InProcess {

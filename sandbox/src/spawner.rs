@@ -136,6 +136,7 @@ fn serve(sock: &mut UnixStream) -> std::io::Result<()> {
             sync: None,
             go: None,
             join: Vec::new(),
+            restore_affinity: None,
         };
         run_one(sock, &req, &blobs, fds, &mut prepared)?;
     }
