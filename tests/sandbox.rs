@@ -632,6 +632,34 @@ fn cli_prints_one_json_object_with_every_field() {
     );
 }
 
+/// The one-shot command moves its PID 1 off the caller's CPU while the root is built; the job
+/// still gets every CPU the command had (and no more): the mask is restored before it starts.
+#[test]
+fn cli_job_may_use_every_cpu_its_caller_may() {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let ours = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    for _ in 0..5 {
+        let run = common::cli::run(&["grep", "Cpus_allowed_list", "/proc/self/status"], &[]);
+        assert!(run.leftovers.is_empty(), "{:?}", run.leftovers);
+        let json = run.json().unwrap();
+        assert_eq!(json["status"], "ok", "{json}");
+        let theirs = json["stdout"].as_str().unwrap();
+        assert_eq!(
+            theirs
+                .trim()
+                .strip_prefix("Cpus_allowed_list:")
+                .map(str::trim),
+            Some(ours.as_str()),
+            "{json}"
+        );
+    }
+}
+
 #[test]
 fn cli_output_is_valid_json_whatever_the_job_prints() {
     let run = common::cli::run(
