@@ -11,11 +11,8 @@ fn main() {
     // Logs go to stderr when CORRAL_LOG names what to show (`info`, `corral_worker=debug`, ...).
     // Unset or empty, its filter enables nothing: then no subscriber is set up at all, which a
     // whole `corral sandbox run` per job would pay for (50 µs).
-    if std::env::var_os("CORRAL_LOG").is_some_and(|v| !v.is_empty()) {
-        tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_env("CORRAL_LOG"))
-            .with_writer(std::io::stderr)
-            .init();
+    if let Some(spec) = std::env::var("CORRAL_LOG").ok().filter(|v| !v.is_empty()) {
+        init_logs(&spec);
     }
     // `corral sandbox ...` is a whole process per job: it parses with the sandbox commands alone
     // instead of building every subcommand's arguments first (a tenth of a millisecond).
@@ -30,6 +27,21 @@ fn main() {
             eprintln!("corral: {e:#}");
             std::process::exit(2);
         }
+    }
+}
+
+/// Log to stderr what `spec` asks for: a default level and `target=level` pairs, comma-separated
+/// (tracing-subscriber's `Targets`: no regex engine for span and field filters, which every start
+/// of the binary would relocate). A spec that does not parse is reported and logs nothing.
+fn init_logs(spec: &str) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    match spec.parse::<tracing_subscriber::filter::Targets>() {
+        Ok(filter) => tracing_subscriber::registry()
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(filter)
+            .init(),
+        Err(e) => eprintln!("corral: CORRAL_LOG={spec:?} ignored: {e}"),
     }
 }
 
