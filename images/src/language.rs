@@ -112,7 +112,9 @@ pub struct VersionProbe {
     /// Command to run (no placeholders), e.g. `["python3", "--version"]`.
     pub argv: Vec<String>,
     /// Regex with one capture group, applied to stdout and then stderr; the first match's group
-    /// is the version.
+    /// is the version. The `regex` crate's syntax with Unicode's Perl classes (`\d`, `\s`, `\w`)
+    /// and none of its other Unicode tables: `\p{...}` classes and Unicode-aware `(?i)` are
+    /// refused when the definition is loaded (`(?i-u:python)` matches ASCII case-insensitively).
     pub regex: String,
 }
 

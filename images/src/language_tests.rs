@@ -95,6 +95,14 @@ fn version_regexes_extract_real_banners() {
     assert!(v("python", "command not found", "").is_none());
 }
 
+/// ASCII case-insensitive matching needs no Unicode table: `(?i-u:...)` around ASCII text.
+#[test]
+fn ascii_case_insensitive_version_regex() {
+    let text = MINIMAL.replace("'Python (\\S+)'", "'(?i-u:python) (\\S+)'");
+    let lang = Language::parse("t.toml", &text).unwrap();
+    assert_eq!(lang.parse_version("Python 3.11.2\n", "").unwrap(), "3.11.2");
+}
+
 #[test]
 fn placeholders_are_whole_argv_elements() {
     let set = LanguageSet::builtin();
@@ -198,6 +206,13 @@ fn invalid_definitions_are_refused_clearly() {
         ("\"{args}\"]", "\"--x={main}\"]", "not a placeholder"),
         ("'Python (\\S+)'", "'Python \\S+'", "capture group"),
         ("'Python (\\S+)'", "'Python (\\S+'", "does not compile"),
+        // Only the Perl classes of Unicode are built in (`regex` features in Cargo.toml).
+        (
+            "'Python (\\S+)'",
+            "'Python (\\p{Greek}+)'",
+            "does not compile",
+        ),
+        ("'Python (\\S+)'", "'(?i)python (\\S+)'", "does not compile"),
         ("id = \"py\"", "id = \"Py Thon\"", "id \"Py Thon\""),
         (
             "source_file = \"main.py\"",
