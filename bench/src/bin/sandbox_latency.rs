@@ -29,6 +29,9 @@ struct Args {
     /// Jobs per throughput measurement.
     #[arg(long, default_value_t = 2000)]
     throughput_jobs: usize,
+    /// Sequential jobs per block of the CPU-per-job measurement (0: skip it).
+    #[arg(long, default_value_t = 200)]
+    cpu_jobs: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -45,12 +48,87 @@ fn main() -> anyhow::Result<()> {
         println!("{}", in_process(&sandbox, &args)?);
         println!("{}", whole_command(&args)?);
         println!("{}", throughput(&sandbox, &args)?);
+        if args.cpu_jobs > 0 {
+            println!("{}", cpu_per_job(&sandbox, args.cpu_jobs)?);
+        }
         Ok(())
     })();
     // The sandbox removes its cgroups and mounts when dropped; its state directory is ours.
     drop(sandbox);
     let _ = std::fs::remove_dir_all(&state);
     result
+}
+
+/// CPU time the machine spends per job (every process and the kernel, from /proc/stat), bare
+/// and in the sandbox: blocks of `jobs` sequential runs, bare and sandboxed alternating, three of
+/// each. What a job costs when the cores are saturated (the service's throughput) follows it.
+fn cpu_per_job(sandbox: &Sandbox, jobs: usize) -> anyhow::Result<String> {
+    let tick_ms = 1000.0
+        / nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.context("no clock tick rate")?
+            as f64;
+    let busy = || -> anyhow::Result<u64> {
+        let stat = std::fs::read_to_string("/proc/stat")?;
+        let fields: Vec<u64> = stat
+            .lines()
+            .next()
+            .context("empty /proc/stat")?
+            .split_whitespace()
+            .skip(1)
+            .map(str::parse)
+            .collect::<Result<_, _>>()?;
+        // user nice system idle iowait irq softirq steal: all but idle and iowait.
+        Ok(fields.iter().take(8).sum::<u64>() - fields[3] - fields[4])
+    };
+    let mut out = format!(
+        "### CPU per job, {jobs} sequential jobs per block (all processes and the kernel, /proc/stat)\n\n| command | bare ms/job (3 blocks) | sandboxed ms/job (3 blocks) | sandbox's part, median |\n|---|---|---|---|\n"
+    );
+    for argv in [vec!["/bin/true"], vec!["/usr/bin/python3", "-c", "pass"]] {
+        let bare = || -> anyhow::Result<()> {
+            ensure!(Command::new(argv[0]).args(&argv[1..]).status()?.success());
+            Ok(())
+        };
+        let boxed = || -> anyhow::Result<()> {
+            let spec = Spec {
+                image: sandbox.host_image(),
+                argv: argv.iter().map(|a| a.to_string()).collect(),
+                ..Spec::default()
+            };
+            let outcome = sandbox.run(spec, &mut |_, _| {})?;
+            ensure!(outcome.status == Status::Ok, "{argv:?}: {outcome:?}");
+            Ok(())
+        };
+        let block = |job: &dyn Fn() -> anyhow::Result<()>| -> anyhow::Result<f64> {
+            let before = busy()?;
+            for _ in 0..jobs {
+                job()?;
+            }
+            Ok((busy()? - before) as f64 * tick_ms / jobs as f64)
+        };
+        let (mut b, mut s) = (Vec::new(), Vec::new());
+        for _ in 0..3 {
+            b.push(block(&bare)?);
+            s.push(block(&boxed)?);
+        }
+        let show = |v: &[f64]| {
+            v.iter()
+                .map(|x| format!("{x:.2}"))
+                .collect::<Vec<_>>()
+                .join(" / ")
+        };
+        let median = |v: &[f64]| {
+            let mut v = v.to_vec();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        out.push_str(&format!(
+            "| `{}` | {} | {} | {:+.2} ms |\n",
+            argv.join(" "),
+            show(&b),
+            show(&s),
+            median(&s) - median(&b)
+        ));
+    }
+    Ok(out)
 }
 
 fn true_spec(sandbox: &Sandbox) -> Spec {
