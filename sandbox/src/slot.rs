@@ -117,10 +117,7 @@ impl SteerAway {
         let current = nix::sched::sched_getcpu().ok()?;
         let mut elsewhere = all;
         elsewhere.unset(current).ok()?;
-        let others = (0..nix::sched::CpuSet::count())
-            .filter(|&cpu| elsewhere.is_set(cpu).unwrap_or(false))
-            .count();
-        (others > 0).then_some(SteerAway { all, elsewhere })
+        (elsewhere != nix::sched::CpuSet::new()).then_some(SteerAway { all, elsewhere })
     }
 }
 
