@@ -175,8 +175,8 @@ fn whole_command(args: &Args) -> anyhow::Result<String> {
     );
     let state = std::env::temp_dir().join(format!("corral-bench-cli-{}", std::process::id()));
     // The binary as a user has it: installed, i.e. written by a copy. The file the linker just
-    // wrote sits in the page cache in 4 KiB pieces (lld writes it through a shared mapping) and
-    // starts ~0.1 ms slower until the cache is dropped; it is measured too, as its own variant.
+    // wrote starts 0.1-0.2 ms slower until the page cache is dropped (bench/README.md: how lld
+    // leaves it in the page cache, as we read it); it is measured too, as its own variant.
     std::fs::create_dir_all(&state)?;
     let installed = state.join("corral");
     std::fs::copy(&corral, &installed)
