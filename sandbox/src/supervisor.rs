@@ -22,8 +22,11 @@ use crate::spec::{CancelToken, FileOut, Limits, Outcome, Spec, Status, Stdin, Ti
 use crate::wire::{self, JobExit, Report};
 use crate::{sys, Error, StreamKind};
 
-/// How often CPU time is checked while a job runs.
-const CPU_POLL: Duration = Duration::from_millis(10);
+/// How often the pump wakes once PID 1 is gone, to give up on output that never ends.
+const DRAIN_POLL: Duration = Duration::from_millis(10);
+/// The shortest wait between two reads of the CPU counter (see [`next_cpu_check`]): bounds the
+/// overshoot past the CPU limit to this much per CPU.
+const CPU_CHECK_MIN: Duration = Duration::from_millis(1);
 /// How long output may keep flowing after PID 1 is gone (only a kernel bug would need it).
 const DRAIN_GRACE: Duration = Duration::from_secs(2);
 /// Cap on the report PID 1 writes (header + collected files are capped separately too).
@@ -313,9 +316,30 @@ struct Pumper<'a> {
     report: Vec<u8>,
     kill: Option<Kill>,
     exited: Option<Instant>,
-    /// When the cgroup's CPU counter is read next: every [`CPU_POLL`], not on every wake-up for
-    /// output (a job that prints a lot would otherwise cost a cgroup file read per chunk).
+    /// When the cgroup's CPU counter is read next (see [`next_cpu_check`]), not on every wake-up
+    /// for output (a job that prints a lot would otherwise cost a cgroup file read per chunk).
     next_cpu_check: Instant,
+    /// How many CPUs the job's processes can run on at once.
+    cpus: u32,
+}
+
+/// When the CPU counter must be read next, having read `used` of the `limit` at `now`: the
+/// earliest instant the job could reach its limit, running on all `cpus` at once (at least
+/// [`CPU_CHECK_MIN`] away). A job well inside its budget is never woken for; one spinning towards
+/// it is checked at ever shorter intervals, so it is killed within about `cpus` ×
+/// [`CPU_CHECK_MIN`] of CPU time past its limit.
+fn next_cpu_check(now: Instant, limit: Duration, used: Duration, cpus: u32) -> Instant {
+    let earliest = limit.saturating_sub(used) / cpus.max(1);
+    now + earliest.max(CPU_CHECK_MIN)
+}
+
+/// CPUs online on this host: the most a job's processes can run on at once (its affinity and
+/// any CPU quota can only lower it).
+fn online_cpus() -> u32 {
+    match nix::unistd::sysconf(nix::unistd::SysconfVar::_NPROCESSORS_ONLN) {
+        Ok(Some(n)) if n > 0 => u32::try_from(n).unwrap_or(u32::MAX),
+        _ => 1024,
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -336,7 +360,8 @@ fn pump(
         limits,
         cancel,
         started,
-        next_cpu_check: started + CPU_POLL,
+        next_cpu_check: next_cpu_check(started, limits.cpu_time, Duration::ZERO, online_cpus()),
+        cpus: online_cpus(),
         stdin_bytes,
         stdin_off: 0,
         stdout: Pump {
@@ -412,10 +437,12 @@ impl Pumper<'_> {
         } else if now.duration_since(self.started) >= self.limits.wall_time {
             self.kill_for(Kill::Wall);
         } else if now >= self.next_cpu_check {
-            self.next_cpu_check = now + CPU_POLL;
-            if cpu_used().map_err(Error::Cgroup)? > self.limits.cpu_time.as_nanos() as u64 {
+            let used = cpu_used().map_err(Error::Cgroup)?;
+            if used > self.limits.cpu_time.as_nanos() as u64 {
                 self.kill_for(Kill::Cpu);
             }
+            let used = Duration::from_nanos(used);
+            self.next_cpu_check = next_cpu_check(now, self.limits.cpu_time, used, self.cpus);
         }
         Ok(true)
     }
@@ -429,7 +456,7 @@ impl Pumper<'_> {
             .next_cpu_check
             .saturating_duration_since(Instant::now());
         let timeout = if self.exited.is_some() {
-            CPU_POLL
+            DRAIN_POLL
         } else {
             cpu_due.min(wall_left) + Duration::from_millis(1)
         };
@@ -664,4 +691,41 @@ fn parse_report(bytes: &[u8], req: &wire::JobRequest) -> (Option<Report>, Vec<Fi
         });
     }
     (Some(report), files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn a_job_well_inside_its_cpu_budget_is_checked_when_it_could_first_reach_it() {
+        let now = Instant::now();
+        // 2 s of CPU on 2 CPUs cannot be used up in less than 1 s of wall time.
+        assert_eq!(
+            next_cpu_check(now, 2000 * MS, Duration::ZERO, 2),
+            now + 1000 * MS
+        );
+        // Having used 1.5 s, the rest may go in 250 ms.
+        assert_eq!(next_cpu_check(now, 2000 * MS, 1500 * MS, 2), now + 250 * MS);
+    }
+
+    #[test]
+    fn checks_near_or_past_the_cpu_limit_come_at_the_shortest_interval() {
+        let now = Instant::now();
+        assert_eq!(
+            next_cpu_check(now, 2000 * MS, 1999 * MS, 4),
+            now + CPU_CHECK_MIN
+        );
+        assert_eq!(
+            next_cpu_check(now, 2000 * MS, 3000 * MS, 4),
+            now + CPU_CHECK_MIN
+        );
+        // No CPU count (a failed sysconf is never passed as 0, but it must not divide by zero).
+        assert_eq!(
+            next_cpu_check(now, 10 * MS, Duration::ZERO, 0),
+            now + 10 * MS
+        );
+    }
 }
