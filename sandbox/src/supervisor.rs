@@ -333,13 +333,17 @@ fn next_cpu_check(now: Instant, limit: Duration, used: Duration, cpus: u32) -> I
     now + earliest.max(CPU_CHECK_MIN)
 }
 
-/// CPUs online on this host: the most a job's processes can run on at once (its affinity and
-/// any CPU quota can only lower it).
-fn online_cpus() -> u32 {
-    match nix::unistd::sysconf(nix::unistd::SysconfVar::_NPROCESSORS_ONLN) {
-        Ok(Some(n)) if n > 0 => u32::try_from(n).unwrap_or(u32::MAX),
-        _ => 1024,
-    }
+/// The CPUs this host is configured with, online or not (read once: glibc reads sysfs for it):
+/// the most a job's processes can ever run on at once (its affinity and any CPU quota can only
+/// lower it, and a CPU brought online later is counted already).
+fn host_cpus() -> u32 {
+    static CPUS: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *CPUS.get_or_init(
+        || match nix::unistd::sysconf(nix::unistd::SysconfVar::_NPROCESSORS_CONF) {
+            Ok(Some(n)) if n > 0 => u32::try_from(n).unwrap_or(u32::MAX),
+            _ => 1024,
+        },
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -360,8 +364,8 @@ fn pump(
         limits,
         cancel,
         started,
-        next_cpu_check: next_cpu_check(started, limits.cpu_time, Duration::ZERO, online_cpus()),
-        cpus: online_cpus(),
+        next_cpu_check: next_cpu_check(started, limits.cpu_time, Duration::ZERO, host_cpus()),
+        cpus: host_cpus(),
         stdin_bytes,
         stdin_off: 0,
         stdout: Pump {

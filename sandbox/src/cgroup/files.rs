@@ -45,6 +45,8 @@ fn parse_u64(path: &Path, text: &str) -> Result<u64, CgroupError> {
 pub(super) struct Counter {
     path: PathBuf,
     file: std::sync::Mutex<Option<std::fs::File>>,
+    /// Opened for writing too (a counter that is reset by writing to it).
+    writable: bool,
 }
 
 impl Counter {
@@ -52,7 +54,45 @@ impl Counter {
         Counter {
             path,
             file: std::sync::Mutex::new(None),
+            writable: false,
         }
+    }
+
+    /// A counter that [`Counter::write`] resets (v1's `memory.max_usage_in_bytes`).
+    pub fn writable(path: PathBuf) -> Counter {
+        Counter {
+            writable: true,
+            ..Counter::new(path)
+        }
+    }
+
+    fn open(&self) -> std::io::Result<std::fs::File> {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(self.writable)
+            .open(&self.path)
+    }
+
+    /// Write `value` at offset 0 through the open file (cgroupfs takes each write whole and
+    /// ignores the offset and the truncation; in a fixture tree the file then holds exactly
+    /// `value`). Reopens once, as [`Counter::read`] does.
+    pub fn write(&self, value: &str) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let put = |file: &std::fs::File| {
+            file.write_all_at(value.as_bytes(), 0)?;
+            file.set_len(value.len() as u64)
+        };
+        let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(open) = file.as_ref() {
+            if put(open).is_ok() {
+                return Ok(());
+            }
+        }
+        *file = None;
+        let open = self.open()?;
+        put(&open)?;
+        *file = Some(open);
+        Ok(())
     }
 
     /// Its path.
@@ -73,7 +113,7 @@ impl Counter {
             path: self.path.clone(),
             source,
         };
-        let open = std::fs::File::open(&self.path).map_err(err)?;
+        let open = self.open().map_err(err)?;
         let text = read_from_start(&open).map_err(err)?;
         *file = Some(open);
         Ok(text)

@@ -155,6 +155,34 @@ fn a_memory_hog_is_oom_killed_and_counted() {
 }
 
 #[test]
+fn the_memory_peak_resets_each_time_between_jobs() {
+    let mut parent = Parent::new("-peak");
+    let cg = parent.open("slot-0");
+    cg.set_limits(&CgroupLimits {
+        memory_bytes: 256 << 20,
+        pids: 16,
+        cpu_quota: None,
+    })
+    .unwrap();
+    // Twice: the second reset goes through the file the first one left open.
+    for round in 0..2 {
+        cg.reset_peak().unwrap();
+        let quiet = cg.usage().unwrap().memory_peak_bytes;
+        assert!(quiet < 16 << 20, "round {round}: {quiet} bytes before the job");
+        parent.start_in(&*cg, "exec /usr/bin/python3 -c 'x = bytearray(48 << 20)'");
+        let status = parent.children.pop().unwrap().wait().unwrap();
+        assert!(status.success(), "round {round}: {status:?}");
+        let peak = cg.usage().unwrap().memory_peak_bytes;
+        assert!(peak > 40 << 20, "round {round}: peak {peak} after a 48 MiB job");
+    }
+    cg.reset_peak().unwrap();
+    let after = cg.usage().unwrap().memory_peak_bytes;
+    assert!(after < 16 << 20, "{after} bytes once reset after the jobs");
+    cg.remove().unwrap();
+    assert_eq!(leftovers(&parent.name), Vec::<PathBuf>::new());
+}
+
+#[test]
 fn sweep_removes_unclaimed_leftovers_only() {
     let mut parent = Parent::new("-sweep");
     let kept = parent.open("slot-0");

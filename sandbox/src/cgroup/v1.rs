@@ -54,7 +54,7 @@ impl V1Slot {
         }
         Ok(V1Slot {
             cpuacct_usage: files::Counter::new(dir(&m.cpuacct).join("cpuacct.usage")),
-            max_usage: files::Counter::new(memory_dir.join("memory.max_usage_in_bytes")),
+            max_usage: files::Counter::writable(memory_dir.join("memory.max_usage_in_bytes")),
             oom_control: files::Counter::new(memory_dir.join("memory.oom_control")),
             memory: MemController::new(memory_dir, m.memory.point.clone(), false),
             memsw,
@@ -184,11 +184,12 @@ impl SlotCgroup for V1Slot {
     }
 
     fn reset_peak(&self) -> Result<(), CgroupError> {
-        self.memory
-            .reset_max_usage()
-            .map_err(|e| CgroupError::ResetPeak {
-                path: self.memory_file("memory.max_usage_in_bytes"),
-                source: files::io_error(e),
+        // Through the counter's open file: an open walks the cgroupfs path at every job.
+        self.max_usage
+            .write("0")
+            .map_err(|source| CgroupError::ResetPeak {
+                path: self.max_usage.path().to_path_buf(),
+                source,
             })
     }
 
