@@ -198,6 +198,40 @@ pub fn openat2(dir: BorrowedFd<'_>, path: &CStr, flags: u64, resolve: u64) -> ni
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
+/// `mount_setattr(2)` (Linux 5.12+) on the mount at `target` alone (not recursive, following no
+/// final symlink): set the `MOUNT_ATTR_*` bits of `set` and clear those of `clear`.
+pub fn mount_setattr(target: &std::path::Path, set: u64, clear: u64) -> nix::Result<()> {
+    /// `struct mount_attr` of `<linux/mount.h>` (its first, 32-byte version).
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    let path = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(target.as_os_str()))
+        .map_err(|_| nix::Error::EINVAL)?;
+    let attr = MountAttr {
+        attr_set: set,
+        attr_clr: clear,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: a NUL-terminated path and a mount_attr of the size passed, both outliving the call.
+    #[allow(unsafe_code)]
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    nix::Error::result(ret).map(drop)
+}
+
 /// Close every file descriptor from `first` upwards (`close_range(2)`).
 pub fn close_from(first: u32) -> nix::Result<()> {
     // SAFETY: closing descriptors is memory-safe; callers invoke it in a freshly forked child that

@@ -168,12 +168,18 @@ fn the_memory_peak_resets_each_time_between_jobs() {
     for round in 0..2 {
         cg.reset_peak().unwrap();
         let quiet = cg.usage().unwrap().memory_peak_bytes;
-        assert!(quiet < 16 << 20, "round {round}: {quiet} bytes before the job");
+        assert!(
+            quiet < 16 << 20,
+            "round {round}: {quiet} bytes before the job"
+        );
         parent.start_in(&*cg, "exec /usr/bin/python3 -c 'x = bytearray(48 << 20)'");
         let status = parent.children.pop().unwrap().wait().unwrap();
         assert!(status.success(), "round {round}: {status:?}");
         let peak = cg.usage().unwrap().memory_peak_bytes;
-        assert!(peak > 40 << 20, "round {round}: peak {peak} after a 48 MiB job");
+        assert!(
+            peak > 40 << 20,
+            "round {round}: peak {peak} after a 48 MiB job"
+        );
     }
     cg.reset_peak().unwrap();
     let after = cg.usage().unwrap().memory_peak_bytes;

@@ -5,8 +5,11 @@
 //! the old root detached right after) is tested without root, and [`Sys`] has a recording fake.
 //!
 //! Layout inside the job's tmpfs (mounted on the slot directory, invisible to the host):
-//! `upper/` and `work/` for the overlay, `root/` where the overlay is mounted, `shm/` for /dev/shm.
-//! The working directory `/box` and `/tmp` live in `upper/`, so they share the tmpfs quota.
+//! `upper/` and `work/` for the overlay, `root/` where the overlay is mounted, `shm/` for /dev/shm,
+//! `dev/` bound read-only on /dev, and `empty/` bound read-only over the masked /proc directories.
+//! The working directory `/box` and `/tmp` live in `upper/`, so they share the tmpfs quota. /dev and
+//! the masks are bind mounts of directories of that tmpfs rather than filesystems of their own: a
+//! superblock costs its creation and, at the job's end, its teardown, for every job.
 
 use std::path::{Path, PathBuf};
 
@@ -33,7 +36,7 @@ const MASKED_PROC_FILES: &[&str] = &[
     "sysrq-trigger",
     "kallsyms",
 ];
-/// /proc directories hidden behind an empty read-only tmpfs (hardware and firmware details).
+/// /proc directories hidden behind an empty read-only directory (hardware and firmware details).
 const MASKED_PROC_DIRS: &[&str] = &["acpi", "scsi", "asound"];
 /// Character devices of the minimal /dev: (name, major, minor).
 const DEVICES: &[(&str, u64, u64)] = &[
@@ -79,6 +82,9 @@ pub enum Step {
     BindReadOnly { source: PathBuf, target: PathBuf },
     /// Bind-mount `source` on `target` writable (nosuid, nodev).
     Bind { source: PathBuf, target: PathBuf },
+    /// Bind-mount the directory `source` on `target` with its mount flags left for a later
+    /// [`Step::RemountReadOnly`] (so that /dev keeps its device nodes usable).
+    BindDir { source: PathBuf, target: PathBuf },
     /// Mount a fresh proc (processes of other users invisible).
     Proc { target: PathBuf },
     /// Bind-mount the host's device node over a new empty file (a user namespace cannot mknod).
@@ -91,12 +97,16 @@ pub enum Step {
     },
     /// Create a symbolic link.
     Symlink { target: String, link: PathBuf },
-    /// Remount a mount read-only with the given flags.
+    /// Make a bind mount read-only with exactly the given nosuid/nodev/noexec flags besides (its
+    /// own flags only: the filesystem it shows stays as it is). A bind inherits its source mount's
+    /// flags, and `mount(2)` remounts here repeat the current ones (see `RealSys`), so this one
+    /// uses `mount_setattr(2)`, which can clear `nodev` for /dev.
     RemountReadOnly { target: PathBuf, flags: MsFlags },
     /// Hide a file behind /dev/null (skipped when it does not exist).
     MaskFile { dev_null: PathBuf, target: PathBuf },
-    /// Hide a directory behind an empty read-only tmpfs (skipped when it does not exist).
-    MaskDir { target: PathBuf },
+    /// Hide a directory behind the empty directory `empty`, bound read-only, nosuid, nodev and
+    /// noexec (skipped when it does not exist).
+    MaskDir { empty: PathBuf, target: PathBuf },
     /// `pivot_root` into `new_root`, detach the old root, chdir to `/`.
     PivotRoot { new_root: PathBuf },
     /// Set the hostname of the job's UTS namespace.
@@ -158,6 +168,11 @@ pub fn plan(req: &JobRequest) -> Vec<Step> {
             owner: None,
         },
         Step::Mkdir {
+            path: slot.join("empty"),
+            mode: 0o555,
+            owner: None,
+        },
+        Step::Mkdir {
             path: upper.join("tmp"),
             mode: 0o1777,
             owner: None,
@@ -192,7 +207,7 @@ pub fn plan(req: &JobRequest) -> Vec<Step> {
         });
     }
     steps.extend(dev_steps(slot, &root, req.userns_root.is_some()));
-    steps.extend(proc_steps(&root));
+    steps.extend(proc_steps(slot, &root));
     steps.push(Step::PivotRoot { new_root: root });
     steps.push(Step::Hostname {
         name: HOSTNAME.to_string(),
@@ -218,28 +233,22 @@ fn overlay_options(req: &JobRequest) -> String {
 }
 
 fn dev_steps(slot: &Path, root: &Path, userns: bool) -> Vec<Step> {
+    // Filled in the job's tmpfs first, where nothing of the job can reach it, then bound on /dev.
+    let dir = slot.join("dev");
     let dev = root.join("dev");
-    let mut steps = vec![
-        Step::MountPoint { path: dev.clone() },
-        Step::Tmpfs {
-            target: dev.clone(),
-            options: "size=64k,nr_inodes=64,mode=0755".to_string(),
-            flags: MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        },
-    ];
-    for &(name, major, minor) in DEVICES {
-        steps.push(if userns {
-            Step::BindDevice {
-                source: Path::new("/dev").join(name),
-                target: dev.join(name),
-            }
-        } else {
-            Step::Mknod {
-                path: dev.join(name),
+    let mut steps = vec![Step::Mkdir {
+        path: dir.clone(),
+        mode: 0o755,
+        owner: None,
+    }];
+    if !userns {
+        for &(name, major, minor) in DEVICES {
+            steps.push(Step::Mknod {
+                path: dir.join(name),
                 major,
                 minor,
-            }
-        });
+            });
+        }
     }
     for (link, target) in [
         ("fd", "/proc/self/fd"),
@@ -249,14 +258,28 @@ fn dev_steps(slot: &Path, root: &Path, userns: bool) -> Vec<Step> {
     ] {
         steps.push(Step::Symlink {
             target: target.to_string(),
-            link: dev.join(link),
+            link: dir.join(link),
         });
     }
     steps.push(Step::Mkdir {
-        path: dev.join("shm"),
+        path: dir.join("shm"),
         mode: 0o1777,
         owner: None,
     });
+    steps.push(Step::MountPoint { path: dev.clone() });
+    steps.push(Step::BindDir {
+        source: dir,
+        target: dev.clone(),
+    });
+    if userns {
+        // A tmpfs mounted in a user namespace never honours device nodes: bind the host's.
+        for &(name, _, _) in DEVICES {
+            steps.push(Step::BindDevice {
+                source: Path::new("/dev").join(name),
+                target: dev.join(name),
+            });
+        }
+    }
     steps.push(Step::Bind {
         source: slot.join("shm"),
         target: dev.join("shm"),
@@ -268,7 +291,7 @@ fn dev_steps(slot: &Path, root: &Path, userns: bool) -> Vec<Step> {
     steps
 }
 
-fn proc_steps(root: &Path) -> Vec<Step> {
+fn proc_steps(slot: &Path, root: &Path) -> Vec<Step> {
     let proc = root.join("proc");
     let mut steps = vec![
         Step::MountPoint { path: proc.clone() },
@@ -284,6 +307,7 @@ fn proc_steps(root: &Path) -> Vec<Step> {
     }
     for name in MASKED_PROC_DIRS {
         steps.push(Step::MaskDir {
+            empty: slot.join("empty"),
             target: proc.join(name),
         });
     }
@@ -310,6 +334,9 @@ pub trait Sys {
         flags: MsFlags,
         data: Option<&str>,
     ) -> nix::Result<()>;
+    /// `mount_setattr(2)` on the mount at `target` alone: set the `MOUNT_ATTR_*` bits of `set`,
+    /// clear those of `clear`, keep the rest (a flag another namespace locked stays set).
+    fn set_mount_attrs(&mut self, target: &Path, set: u64, clear: u64) -> nix::Result<()>;
     /// `mkdir -p` then chmod and optionally chown.
     fn mkdir(&mut self, path: &Path, mode: u32, owner: Option<(u32, u32)>) -> nix::Result<()>;
     /// Create a regular file with these contents, mode and owner (refusing to follow links).
@@ -405,6 +432,9 @@ fn apply_one(step: &Step, files: &[Vec<u8>], sys: &mut dyn Sys) -> nix::Result<(
                 | MsFlags::MS_NODEV;
             sys.mount(None, target, None, ro, none)
         }
+        Step::BindDir { source, target } => {
+            sys.mount(Some(source), target, None, MsFlags::MS_BIND, none)
+        }
         Step::Bind { source, target } => {
             sys.mount(Some(source), target, None, MsFlags::MS_BIND, none)?;
             let flags =
@@ -424,27 +454,50 @@ fn apply_one(step: &Step, files: &[Vec<u8>], sys: &mut dyn Sys) -> nix::Result<(
             sys.mount(Some(source), target, None, MsFlags::MS_BIND, none)
         }
         Step::Symlink { target, link } => sys.symlink(target, link),
-        Step::RemountReadOnly { target, flags } => sys.mount(
-            None,
-            target,
-            None,
-            MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | *flags,
-            none,
-        ),
+        Step::RemountReadOnly { target, flags } => {
+            let set = MOUNT_ATTR_RDONLY | mount_attrs(*flags);
+            let clear = (MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC) & !set;
+            sys.set_mount_attrs(target, set, clear)
+        }
         Step::MaskFile { dev_null, target } if sys.exists(target) => {
             sys.mount(Some(dev_null), target, None, MsFlags::MS_BIND, none)
         }
-        Step::MaskDir { target } if sys.exists(target) => sys.mount(
-            Some(Path::new("tmpfs")),
-            target,
-            Some("tmpfs"),
-            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-            Some("size=0,nr_inodes=1,mode=0555"),
-        ),
+        Step::MaskDir { empty, target } if sys.exists(target) => {
+            sys.mount(Some(empty), target, None, MsFlags::MS_BIND, none)?;
+            let ro = MsFlags::MS_BIND
+                | MsFlags::MS_REMOUNT
+                | MsFlags::MS_RDONLY
+                | MsFlags::MS_NOSUID
+                | MsFlags::MS_NODEV
+                | MsFlags::MS_NOEXEC;
+            sys.mount(None, target, None, ro, none)
+        }
         Step::MaskFile { .. } | Step::MaskDir { .. } => Ok(()),
         Step::PivotRoot { new_root } => sys.pivot_root(new_root),
         Step::Hostname { name } => sys.sethostname(name),
     }
+}
+
+/// `MOUNT_ATTR_*` of `<linux/mount.h>`, for [`Sys::set_mount_attrs`].
+pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
+/// No set-user-ID or set-group-ID execution.
+pub const MOUNT_ATTR_NOSUID: u64 = 0x2;
+/// No device files.
+pub const MOUNT_ATTR_NODEV: u64 = 0x4;
+/// No execution.
+pub const MOUNT_ATTR_NOEXEC: u64 = 0x8;
+
+/// The `MOUNT_ATTR_*` bits of the per-mount flags among `flags`.
+fn mount_attrs(flags: MsFlags) -> u64 {
+    [
+        (MsFlags::MS_RDONLY, MOUNT_ATTR_RDONLY),
+        (MsFlags::MS_NOSUID, MOUNT_ATTR_NOSUID),
+        (MsFlags::MS_NODEV, MOUNT_ATTR_NODEV),
+        (MsFlags::MS_NOEXEC, MOUNT_ATTR_NOEXEC),
+    ]
+    .iter()
+    .filter(|(ms, _)| flags.contains(*ms))
+    .fold(0, |acc, (_, attr)| acc | attr)
 }
 
 mod real;

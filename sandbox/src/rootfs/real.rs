@@ -75,6 +75,10 @@ impl Sys for RealSys {
         mount(src, target, fstype, flags, data)
     }
 
+    fn set_mount_attrs(&mut self, target: &Path, set: u64, clear: u64) -> nix::Result<()> {
+        crate::sys::mount_setattr(target, set, clear)
+    }
+
     fn mkdir(&mut self, path: &Path, mode: u32, owner: Option<(u32, u32)>) -> nix::Result<()> {
         DirBuilder::new()
             .recursive(true)

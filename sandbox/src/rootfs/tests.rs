@@ -149,6 +149,13 @@ impl Sys for Recorder {
         ));
         Ok(())
     }
+    fn set_mount_attrs(&mut self, target: &Path, set: u64, clear: u64) -> nix::Result<()> {
+        self.calls.push(format!(
+            "setattr {} set={set:#x} clear={clear:#x}",
+            target.display()
+        ));
+        Ok(())
+    }
     fn mkdir(&mut self, path: &Path, mode: u32, _owner: Option<(u32, u32)>) -> nix::Result<()> {
         self.calls
             .push(format!("mkdir {} {mode:o}", path.display()));
@@ -255,6 +262,9 @@ fn apply_stops_at_the_first_failure_and_names_the_step() {
                 Ok(())
             }
         }
+        fn set_mount_attrs(&mut self, _: &Path, _: u64, _: u64) -> nix::Result<()> {
+            Ok(())
+        }
         fn mkdir(&mut self, _: &Path, _: u32, _: Option<(u32, u32)>) -> nix::Result<()> {
             Ok(())
         }
@@ -313,4 +323,66 @@ fn in_a_user_namespace_devices_are_bound_and_overlay_keeps_user_xattrs() {
             .count(),
         DEVICES.len()
     );
+}
+
+#[test]
+fn dev_and_the_masks_are_binds_from_the_job_tmpfs_not_filesystems_of_their_own() {
+    let steps = plan(&request());
+    // One filesystem is created per job besides the overlay and proc: the job's tmpfs.
+    assert_eq!(
+        steps
+            .iter()
+            .filter(|s| matches!(s, Step::Tmpfs { .. }))
+            .count(),
+        1
+    );
+    let bind = position(&steps, |s| matches!(s, Step::BindDir { .. }));
+    assert_eq!(
+        steps[bind],
+        Step::BindDir {
+            source: "/run/corral/slots/3/dev".into(),
+            target: "/run/corral/slots/3/root/dev".into()
+        }
+    );
+    // Every device node and link is made in the job's tmpfs before it is bound on /dev.
+    let last_node = steps
+        .iter()
+        .rposition(|s| matches!(s, Step::Mknod { .. } | Step::Symlink { .. }))
+        .unwrap();
+    assert!(last_node < bind);
+
+    let mut sys = Recorder {
+        existing: vec!["/run/corral/slots/3/root/proc/acpi".into()],
+        ..Default::default()
+    };
+    apply(&steps, &[], &mut sys).unwrap();
+    // /dev: read-only, nosuid and noexec, and `nodev` (inherited from the job's tmpfs) cleared.
+    let dev = format!(
+        "setattr /run/corral/slots/3/root/dev set={:#x} clear={:#x}",
+        MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC,
+        MOUNT_ATTR_NODEV
+    );
+    assert!(sys.calls.contains(&dev), "{:#?}", sys.calls);
+    // A masked directory: the empty directory, bound, then made read-only with every no* flag.
+    let mask = sys
+        .calls
+        .iter()
+        .position(|c| {
+            c.contains("Some(\"/run/corral/slots/3/empty\") /run/corral/slots/3/root/proc/acpi")
+        })
+        .unwrap();
+    let remount = &sys.calls[mask + 1];
+    for flag in [
+        "MS_REMOUNT",
+        "MS_BIND",
+        "MS_RDONLY",
+        "MS_NOSUID",
+        "MS_NODEV",
+        "MS_NOEXEC",
+    ] {
+        assert!(remount.contains(flag), "{remount}");
+    }
+    assert!(sys
+        .calls
+        .contains(&"mkdir /run/corral/slots/3/empty 555".to_string()));
 }
