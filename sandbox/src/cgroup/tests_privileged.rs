@@ -84,6 +84,15 @@ impl Drop for Parent {
     }
 }
 
+/// A memory limit of `bytes`, 16 processes, no CPU quota.
+fn memory_limit(bytes: u64) -> CgroupLimits {
+    CgroupLimits {
+        memory_bytes: bytes,
+        pids: 16,
+        cpu_quota: None,
+    }
+}
+
 fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while !done() {
@@ -135,12 +144,7 @@ fn a_real_slot_cgroup_holds_kills_and_removes_a_process_tree() {
 fn a_memory_hog_is_oom_killed_and_counted() {
     let mut parent = Parent::new("-oom");
     let cg = parent.open("slot-0");
-    cg.set_limits(&CgroupLimits {
-        memory_bytes: 32 << 20,
-        pids: 16,
-        cpu_quota: None,
-    })
-    .unwrap();
+    cg.set_limits(&memory_limit(32 << 20)).unwrap();
     cg.reset_peak().unwrap();
     let before = cg.usage().unwrap();
     parent.start_in(&*cg, "exec /usr/bin/python3 -c 'x = bytearray(200 << 20)'");
@@ -158,12 +162,7 @@ fn a_memory_hog_is_oom_killed_and_counted() {
 fn the_memory_peak_resets_each_time_between_jobs() {
     let mut parent = Parent::new("-peak");
     let cg = parent.open("slot-0");
-    cg.set_limits(&CgroupLimits {
-        memory_bytes: 256 << 20,
-        pids: 16,
-        cpu_quota: None,
-    })
-    .unwrap();
+    cg.set_limits(&memory_limit(256 << 20)).unwrap();
     // Twice: the second reset goes through the file the first one left open.
     for round in 0..2 {
         cg.reset_peak().unwrap();

@@ -38,6 +38,10 @@ fn position(steps: &[Step], pred: impl Fn(&Step) -> bool) -> usize {
     steps.iter().position(pred).expect("step is in the plan")
 }
 
+fn count(steps: &[Step], pred: impl Fn(&Step) -> bool) -> usize {
+    steps.iter().filter(|s| pred(s)).count()
+}
+
 #[test]
 fn private_first_pivot_after_every_mount_hostname_last() {
     let steps = plan(&request());
@@ -317,10 +321,7 @@ fn in_a_user_namespace_devices_are_bound_and_overlay_keeps_user_xattrs() {
     // Without one, real device nodes and no userxattr.
     let plain = plan(&request());
     assert_eq!(
-        plain
-            .iter()
-            .filter(|s| matches!(s, Step::Mknod { .. }))
-            .count(),
+        count(&plain, |s| matches!(s, Step::Mknod { .. })),
         DEVICES.len()
     );
 }
@@ -329,13 +330,7 @@ fn in_a_user_namespace_devices_are_bound_and_overlay_keeps_user_xattrs() {
 fn dev_and_the_masks_are_binds_from_the_job_tmpfs_not_filesystems_of_their_own() {
     let steps = plan(&request());
     // One filesystem is created per job besides the overlay and proc: the job's tmpfs.
-    assert_eq!(
-        steps
-            .iter()
-            .filter(|s| matches!(s, Step::Tmpfs { .. }))
-            .count(),
-        1
-    );
+    assert_eq!(count(&steps, |s| matches!(s, Step::Tmpfs { .. })), 1);
     let bind = position(&steps, |s| matches!(s, Step::BindDir { .. }));
     assert_eq!(
         steps[bind],
