@@ -1,6 +1,7 @@
 //! End to end: a real `corral serve` (child process, port 0) on the real sandbox (needs root; CI
 //! runs as root), driven over HTTP and with `corral submit`: a python hello world with
-//! `?wait=true`, a C judge job with tests, a cancel, and a `kill -9` in the middle of a job.
+//! `?wait=true`, a C judge job with tests, a cancel, a `kill -9` in the middle of a job, and
+//! restarts in the middle of a drain of 40 jobs and after it.
 
 #[path = "common/http.rs"]
 mod http;
@@ -220,5 +221,88 @@ fn events_stream_the_output_of_a_running_job() -> anyhow::Result<()> {
     let (last, doc) = events.last().unwrap();
     assert_eq!(*last, "job");
     assert_eq!(doc["verdict"], "accepted");
+    Ok(())
+}
+
+/// Every job of the tenant as `GET /v1/jobs` pages through them: (id, document).
+fn list_all(server: &Server) -> anyhow::Result<Vec<(String, serde_json::Value)>> {
+    let mut jobs = Vec::new();
+    let mut path = "/v1/jobs?limit=50".to_string();
+    loop {
+        let (status, page) = server.call("GET", &path, None)?;
+        ensure!(status == 200, "{status}: {page}");
+        for doc in page["jobs"].as_array().into_iter().flatten() {
+            jobs.push((
+                doc["id"].as_str().unwrap_or_default().to_string(),
+                doc.clone(),
+            ));
+        }
+        match page["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/v1/jobs?limit=50&cursor={cursor}"),
+            None => return Ok(jobs),
+        }
+    }
+}
+
+#[test]
+fn restart_under_load_loses_no_job_and_records_each_result_once() -> anyhow::Result<()> {
+    const JOBS: usize = 40;
+    let mut server = Server::start(7)?;
+    let body = |i: usize| {
+        json!({"language": "bash", "source": "sleep 0.05; cat", "stdin": format!("job {i}"),
+               "idempotency_key": format!("load-{i}")})
+    };
+    let mut ids = Vec::new();
+    for i in 0..JOBS {
+        let (status, doc) = server.call("POST", "/v1/jobs", Some(&body(i)))?;
+        ensure!(status == 202, "{status}: {doc}");
+        ids.push(doc["id"].as_str().unwrap().to_string());
+    }
+    // Crash in the middle of the drain: some jobs done, both slots busy, the rest queued.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let jobs = list_all(&server)?;
+        let done = jobs.iter().filter(|(_, d)| d["state"] == "done").count();
+        let running = jobs.iter().filter(|(_, d)| d["state"] == "running").count();
+        if done >= 6 && running > 0 {
+            ensure!(done < JOBS, "drained before the crash");
+            break;
+        }
+        ensure!(Instant::now() < deadline, "the drain never got going");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    server.kill9()?;
+    server.spawn()?;
+
+    // Clients that did not hear back submit again with their keys: the same jobs, no new ones.
+    for (i, id) in ids.iter().enumerate() {
+        let (status, doc) = server.call("POST", "/v1/jobs", Some(&body(i)))?;
+        ensure!(status == 200 || status == 202, "{status}: {doc}");
+        assert_eq!(doc["id"].as_str(), Some(id.as_str()), "resubmitted job {i}");
+    }
+    let mut docs = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let doc = server.wait_final(id, WAIT)?;
+        assert_eq!(doc["state"], "done", "{doc}");
+        assert_eq!(doc["verdict"], "accepted", "{doc}");
+        assert_eq!(doc["runs"][0]["stdout"], format!("job {i}"), "{doc}");
+        let attempts = doc["attempts"].as_u64().unwrap_or(0);
+        assert!((1..=2).contains(&attempts), "{doc}");
+        docs.push(doc);
+    }
+    let mut listed: Vec<String> = list_all(&server)?.into_iter().map(|(id, _)| id).collect();
+    listed.sort();
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(listed, expected, "the list holds each job exactly once");
+
+    // Once recorded, a result stays: another crash re-runs and re-records nothing.
+    server.kill9()?;
+    server.spawn()?;
+    for (id, before) in ids.iter().zip(&docs) {
+        let (status, after) = server.call("GET", &format!("/v1/jobs/{id}"), None)?;
+        assert_eq!(status, 200);
+        assert_eq!(&after, before, "job {id} changed after a restart");
+    }
     Ok(())
 }
