@@ -186,15 +186,15 @@ async fn concurrency_quota_keeps_extra_jobs_queued() {
 
 #[tokio::test]
 async fn a_burst_of_one_tenant_does_not_starve_another() {
-    // No slot yet: alice queues 200 jobs, then bob queues one.
+    // No slot yet: alice queues 1,000 jobs, then bob queues one.
     let h = Harness::with(corral_gateway::Config::default(), common::quota(), 0).await;
     let slow = json!({"language": "python", "source": "slow"});
-    for _ in 0..200 {
+    for _ in 0..1000 {
         let (s, _) = h.post(&h.alice, "/v1/jobs", &slow).await;
         assert_eq!(s, StatusCode::ACCEPTED);
     }
     let (_, bob) = h.post(&h.bob, "/v1/jobs", &slow).await;
-    // One slot appears: bob's job is among the first two assignments, not the 201st.
+    // One slot appears: bob's job is among the first two assignments, not the 1,001st.
     let log = std::sync::Arc::default();
     common::connect_fake_node(&h.gateway, 1, std::sync::Arc::clone(&log));
     h.wait_done(&h.bob, bob["id"].as_str().unwrap()).await;
