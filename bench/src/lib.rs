@@ -48,6 +48,16 @@ impl Samples {
     }
 }
 
+/// The median of `values` (the lower middle one of an even count; 0 for none).
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted
+        .get(sorted.len().saturating_sub(1) / 2)
+        .copied()
+        .unwrap_or(0.0)
+}
+
 /// Run every variant `rounds` times, interleaved, after `warmup` unmeasured rounds.
 ///
 /// Each round runs the variants in a fresh random order (the same sequence every run): work the

@@ -319,8 +319,6 @@ struct Pumper<'a> {
     /// When the cgroup's CPU counter is read next (see [`next_cpu_check`]), not on every wake-up
     /// for output (a job that prints a lot would otherwise cost a cgroup file read per chunk).
     next_cpu_check: Instant,
-    /// How many CPUs the job's processes can run on at once.
-    cpus: u32,
 }
 
 /// When the CPU counter must be read next, having read `used` of the `limit` at `now`: the
@@ -365,7 +363,6 @@ fn pump(
         cancel,
         started,
         next_cpu_check: next_cpu_check(started, limits.cpu_time, Duration::ZERO, host_cpus()),
-        cpus: host_cpus(),
         stdin_bytes,
         stdin_off: 0,
         stdout: Pump {
@@ -446,7 +443,7 @@ impl Pumper<'_> {
                 self.kill_for(Kill::Cpu);
             }
             let used = Duration::from_nanos(used);
-            self.next_cpu_check = next_cpu_check(now, self.limits.cpu_time, used, self.cpus);
+            self.next_cpu_check = next_cpu_check(now, self.limits.cpu_time, used, host_cpus());
         }
         Ok(true)
     }

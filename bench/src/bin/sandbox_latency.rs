@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use anyhow::{ensure, Context};
 use clap::Parser;
-use corral_bench::{interleave, table};
+use corral_bench::{interleave, median, table};
 use corral_sandbox::{Sandbox, SandboxConfig, Spec, Status};
 
 #[derive(Parser)]
@@ -114,11 +114,6 @@ fn cpu_per_job(sandbox: &Sandbox, jobs: usize) -> anyhow::Result<String> {
                 .map(|x| format!("{x:.2}"))
                 .collect::<Vec<_>>()
                 .join(" / ")
-        };
-        let median = |v: &[f64]| {
-            let mut v = v.to_vec();
-            v.sort_by(f64::total_cmp);
-            v[v.len() / 2]
         };
         out.push_str(&format!(
             "| `{}` | {} | {} | {:+.2} ms |\n",

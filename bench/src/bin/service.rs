@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
 use clap::Parser;
-use corral_bench::{interleave, table, Samples};
+use corral_bench::{interleave, median, table, Samples};
 use serde_json::{json, Value};
 use server::{Api, Server};
 use tokio::runtime::Runtime;
@@ -328,12 +328,6 @@ fn cpu_seconds(pid: &str) -> f64 {
     };
     // USER_HZ is 100 on Linux.
     (ticks(11) + ticks(12)) as f64 / 100.0
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    s.get(s.len().saturating_sub(1) / 2).copied().unwrap_or(0.0)
 }
 
 /// Samples the server's VmRSS every 50 ms until stopped; the peak, in KiB.

@@ -75,24 +75,32 @@ impl Counter {
 
     /// Write `value` at offset 0 through the open file (cgroupfs takes each write whole and
     /// ignores the offset and the truncation; in a fixture tree the file then holds exactly
-    /// `value`). Reopens once, as [`Counter::read`] does.
+    /// `value`).
     pub fn write(&self, value: &str) -> std::io::Result<()> {
         use std::os::unix::fs::FileExt;
-        let put = |file: &std::fs::File| {
+        self.with_file(|file| {
             file.write_all_at(value.as_bytes(), 0)?;
             file.set_len(value.len() as u64)
-        };
+        })
+    }
+
+    /// `op` on the open file; when that fails (or none is open yet), on the file opened afresh,
+    /// once.
+    fn with_file<T>(
+        &self,
+        op: impl Fn(&std::fs::File) -> std::io::Result<T>,
+    ) -> std::io::Result<T> {
         let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(open) = file.as_ref() {
-            if put(open).is_ok() {
-                return Ok(());
+            if let Ok(done) = op(open) {
+                return Ok(done);
             }
         }
         *file = None;
         let open = self.open()?;
-        put(&open)?;
+        let done = op(&open)?;
         *file = Some(open);
-        Ok(())
+        Ok(done)
     }
 
     /// Its path.
@@ -102,21 +110,11 @@ impl Counter {
 
     /// The whole file, as of now.
     pub fn read(&self) -> Result<String, CgroupError> {
-        let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(open) = file.as_ref() {
-            if let Ok(text) = read_from_start(open) {
-                return Ok(text);
-            }
-        }
-        *file = None;
-        let err = |source| CgroupError::Read {
-            path: self.path.clone(),
-            source,
-        };
-        let open = self.open().map_err(err)?;
-        let text = read_from_start(&open).map_err(err)?;
-        *file = Some(open);
-        Ok(text)
+        self.with_file(read_from_start)
+            .map_err(|source| CgroupError::Read {
+                path: self.path.clone(),
+                source,
+            })
     }
 
     /// The number the file holds.

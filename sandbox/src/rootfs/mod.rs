@@ -424,13 +424,7 @@ fn apply_one(step: &Step, files: &[Vec<u8>], sys: &mut dyn Sys) -> nix::Result<(
             Some(options),
         ),
         Step::BindReadOnly { source, target } => {
-            sys.mount(Some(source), target, None, MsFlags::MS_BIND, none)?;
-            let ro = MsFlags::MS_BIND
-                | MsFlags::MS_REMOUNT
-                | MsFlags::MS_RDONLY
-                | MsFlags::MS_NOSUID
-                | MsFlags::MS_NODEV;
-            sys.mount(None, target, None, ro, none)
+            bind_read_only(sys, source, target, MsFlags::empty())
         }
         Step::BindDir { source, target } => {
             sys.mount(Some(source), target, None, MsFlags::MS_BIND, none)
@@ -463,19 +457,30 @@ fn apply_one(step: &Step, files: &[Vec<u8>], sys: &mut dyn Sys) -> nix::Result<(
             sys.mount(Some(dev_null), target, None, MsFlags::MS_BIND, none)
         }
         Step::MaskDir { empty, target } if sys.exists(target) => {
-            sys.mount(Some(empty), target, None, MsFlags::MS_BIND, none)?;
-            let ro = MsFlags::MS_BIND
-                | MsFlags::MS_REMOUNT
-                | MsFlags::MS_RDONLY
-                | MsFlags::MS_NOSUID
-                | MsFlags::MS_NODEV
-                | MsFlags::MS_NOEXEC;
-            sys.mount(None, target, None, ro, none)
+            bind_read_only(sys, empty, target, MsFlags::MS_NOEXEC)
         }
         Step::MaskFile { .. } | Step::MaskDir { .. } => Ok(()),
         Step::PivotRoot { new_root } => sys.pivot_root(new_root),
         Step::Hostname { name } => sys.sethostname(name),
     }
+}
+
+/// Bind-mount `source` on `target`, then remount the bind read-only, nosuid, nodev and `extra`.
+fn bind_read_only(
+    sys: &mut dyn Sys,
+    source: &Path,
+    target: &Path,
+    extra: MsFlags,
+) -> nix::Result<()> {
+    let none: Option<&str> = None;
+    sys.mount(Some(source), target, None, MsFlags::MS_BIND, none)?;
+    let ro = MsFlags::MS_BIND
+        | MsFlags::MS_REMOUNT
+        | MsFlags::MS_RDONLY
+        | MsFlags::MS_NOSUID
+        | MsFlags::MS_NODEV
+        | extra;
+    sys.mount(None, target, None, ro, none)
 }
 
 /// `MOUNT_ATTR_*` of `<linux/mount.h>`, for [`Sys::set_mount_attrs`].
